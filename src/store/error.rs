@@ -1,0 +1,93 @@
+//! The store's errors, and how database errors become them.
+
+use uuid::Uuid;
+
+use super::{ExpectedVersion, PositionError, ValidationError};
+
+/// Why a store operation failed. Callers match on the variant to decide what a person sees: a
+/// conflict or invalid input is the caller's to fix, unavailability is worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The input breaks a rule; nothing was written.
+    #[error("invalid append: {0}")]
+    Invalid(#[from] ValidationError),
+    /// A malformed position.
+    #[error(transparent)]
+    Position(#[from] PositionError),
+    /// The stream was not at the expected version; nothing was written.
+    #[error("stream {stream:?} is at version {actual}, but the append expected {expected}")]
+    Conflict {
+        /// The stream appended to.
+        stream: String,
+        /// What the append required.
+        expected: ExpectedVersion,
+        /// The stream's actual version (0: no events).
+        actual: u64,
+    },
+    /// An event id reused for different content (or for a different append).
+    #[error("event id {0} is already stored with different content or as part of another append")]
+    IdReused(Uuid),
+    /// A concurrent append got in the way inside the caller's own transaction; roll back and retry.
+    /// The store's own appends retry this by themselves.
+    #[error("a concurrent append to the same stream interfered; roll back and retry the transaction")]
+    Retry,
+    /// The database could not be reached or the connection broke.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The schema is from a newer FlightDeck.
+    #[error("the database schema is at version {found}, newer than this FlightDeck knows ({known}); upgrade FlightDeck")]
+    SchemaTooNew {
+        /// Highest migration applied in the database.
+        found: i32,
+        /// Highest migration this build ships.
+        known: i32,
+    },
+    /// Any other database error (a bug or an operational problem, not the caller's input).
+    #[error("database error: {0}")]
+    Database(tokio_postgres::Error),
+}
+
+impl StoreError {
+    /// Classifies a database error raised by an append of `stream` with `expected`.
+    pub(crate) fn from_append(err: tokio_postgres::Error, stream: &str, expected: ExpectedVersion) -> Self {
+        let Some(db) = err.as_db_error() else { return StoreError::from(err) };
+        let code = db.code().code();
+        match code {
+            "FDV01" => StoreError::Conflict {
+                stream: stream.to_string(),
+                expected,
+                actual: db.detail().and_then(|d| d.parse().ok()).unwrap_or(0),
+            },
+            "FDI01" => match db.detail().and_then(|d| d.parse().ok()) {
+                Some(id) => StoreError::IdReused(id),
+                None => StoreError::Database(err),
+            },
+            // Serialization failure, deadlock, or a unique violation from a race the advisory
+            // lock could not prevent (same id appended to two streams at once).
+            "40001" | "40P01" | "23505" => StoreError::Retry,
+            "23514" => StoreError::Invalid(ValidationError::Unstorable(db.message().to_string())),
+            "22P05" | "22023" | "22P02" => StoreError::Invalid(ValidationError::Unstorable(db.message().to_string())),
+            _ => StoreError::Database(err),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        let io = std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>());
+        if err.is_closed() || io || err.to_string().contains("connect") {
+            StoreError::Unavailable(err.to_string())
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::from(e),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The event store: the source of truth for everything FlightDeck delivers.
+//!
+//! Events are appended to streams (with optimistic concurrency and idempotent retries) and read
+//! back by stream, by id, or from the global log, whose single order every reader shares. The SQL
+//! lives in `migrations/`; this module is the typed Rust face of it. [`Store`] owns a connection
+//! pool; [`append_in`] appends inside a transaction the caller already has open.
+
+mod append;
+mod error;
+mod event;
+mod migrate;
+mod position;
+mod read;
+
+pub use append::append_in;
+pub use error::StoreError;
+pub use event::{
+    AppendOutcome, AppendedEvent, ExpectedVersion, MAX_NAME_BYTES, NewEvent, RecordedEvent, ValidationError,
+    metadata_object, validate_name,
+};
+pub use position::{Position, PositionError};
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+/// How often the store's own append retries a transient race before giving up.
+const APPEND_ATTEMPTS: u32 = 20;
+
+/// A handle on the event store. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl Store {
+    /// A store over a pool of at most `max_connections` connections made from `config`. Connects
+    /// lazily: an unreachable database shows up on first use, not here.
+    pub fn new(config: tokio_postgres::Config, max_connections: usize) -> Result<Self, StoreError> {
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Store { pool })
+    }
+
+    /// The connection pool, for callers that need a raw connection (e.g. to open a transaction
+    /// and call [`append_in`]).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Applies pending schema migrations; returns how many ran.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.pool.get().await?;
+        migrate::migrate(&mut client).await
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Appends `events` to `stream` atomically in a transaction of its own, retrying transient
+    /// races with concurrent appenders. A retried request (same ids, same content) writes nothing
+    /// and returns what was stored the first time.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        // Fix the ids once, so that a retry after a lost answer is recognized as the same append.
+        let events: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() })
+            .collect();
+        let mut attempt = 0;
+        loop {
+            let client = self.pool.get().await?;
+            match append_in(&**client, stream, expected, &events).await {
+                Err(StoreError::Retry) if attempt + 1 < APPEND_ATTEMPTS => {
+                    attempt += 1;
+                    let jitter = rand::random::<u64>() % (1 + u64::from(attempt) * 2);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads a stream's events from version `from_version` (inclusive), at most `limit`.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        read::stream(&**client, stream, from_version, limit).await
+    }
+
+    /// Reads one event by id.
+    pub async fn read_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        read::event(&**client, id).await
+    }
+
+    /// Reads the global log after `after` (exclusive), at most `limit` events, in log order.
+    /// Never returns an event ordered before one a previous call returned.
+    pub async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        read::all(&**client, after, limit).await
+    }
+
+    /// The position of the last event readers can see ([`Position::START`] if none).
+    pub async fn head(&self) -> Result<Position, StoreError> {
+        let client = self.pool.get().await?;
+        read::head(&**client).await
+    }
+}

@@ -1,0 +1,84 @@
+//! Reading: streams, single events, the global log and its head.
+//!
+//! Global-log reads only return rows whose transaction is older than every transaction still
+//! running (`xid < pg_snapshot_xmin(pg_current_snapshot())`): those rows are final, and every row
+//! committed later has a larger xid, so it sorts after everything already read.
+
+use tokio_postgres::GenericClient;
+use tokio_postgres::Row;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use super::{Position, RecordedEvent, StoreError};
+
+const COLUMNS: &str = "id, stream_id, version, type, data, metadata, created_at, xid::text, seq";
+
+/// The visibility horizon: rows below it are final.
+const HORIZON: &str = "xid < pg_snapshot_xmin(pg_current_snapshot())";
+
+pub(crate) async fn stream<C: GenericClient>(
+    client: &C,
+    stream: &str,
+    from_version: u64,
+    limit: u32,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM flightdeck.events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+    );
+    let from = i64::try_from(from_version).unwrap_or(i64::MAX);
+    let rows = client
+        .query_typed(&sql, &[(&stream, Type::TEXT), (&from, Type::INT8), (&i64::from(limit), Type::INT8)])
+        .await?;
+    rows.iter().map(to_event).collect()
+}
+
+pub(crate) async fn event<C: GenericClient>(client: &C, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM flightdeck.events WHERE id = $1");
+    let row = client.query_typed_opt(&sql, &[(&id, Type::UUID)]).await?;
+    row.as_ref().map(to_event).transpose()
+}
+
+pub(crate) async fn all<C: GenericClient>(
+    client: &C,
+    after: Position,
+    limit: u32,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM flightdeck.events \
+         WHERE (xid, seq) > ($1::text::xid8, $2) AND {HORIZON} \
+         ORDER BY xid, seq LIMIT $3"
+    );
+    let xid = after.xid_text();
+    let rows = client
+        .query_typed(
+            &sql,
+            &[(&xid, Type::TEXT), (&after.seq_i64(), Type::INT8), (&i64::from(limit), Type::INT8)],
+        )
+        .await?;
+    rows.iter().map(to_event).collect()
+}
+
+pub(crate) async fn head<C: GenericClient>(client: &C) -> Result<Position, StoreError> {
+    let sql = format!(
+        "SELECT xid::text, seq FROM flightdeck.events WHERE {HORIZON} ORDER BY xid DESC, seq DESC LIMIT 1"
+    );
+    match client.query_typed_opt(&sql, &[]).await? {
+        None => Ok(Position::START),
+        Some(row) => Ok(Position::from_db(&row.try_get::<_, String>(0)?, row.try_get(1)?)?),
+    }
+}
+
+fn to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let xid: String = row.try_get(7)?;
+    let version: i64 = row.try_get(2)?;
+    Ok(RecordedEvent {
+        id: row.try_get(0)?,
+        stream: row.try_get(1)?,
+        version: version.max(0) as u64,
+        event_type: row.try_get(3)?,
+        data: row.try_get(4)?,
+        metadata: row.try_get(5)?,
+        timestamp: row.try_get(6)?,
+        position: Position::from_db(&xid, row.try_get(8)?)?,
+    })
+}
