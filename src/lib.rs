@@ -2,7 +2,11 @@
 //!
 //! Applications append events to an event store in PostgreSQL ([`store`]); every committed event
 //! reaches each subscribed client in one global order. FlightDeck runs its own PostgreSQL when none
-//! is configured ([`embedded`]). See ARCHITECTURE.md for the map and the invariants.
+//! is configured ([`embedded`]). The HTTP routes ([`http`]) are an axum `Router` an application can
+//! mount; [`cli`] is the `flightdeck` command. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod bench;
+pub mod cli;
 pub mod embedded;
+pub mod http;
 pub mod store;

@@ -30,11 +30,16 @@ impl Binaries {
     }
 }
 
-/// Finds server binaries. With `want_major`, a directory of that major version is required (an
-/// existing cluster can only be opened by its own major version).
-pub fn find(want_major: Option<u32>) -> Result<Binaries, EmbeddedError> {
+/// Finds server binaries: in `explicit` only when given (FLIGHTDECK_PG_BIN_DIR), else by searching.
+/// With `want_major`, a directory of that major version is required (an existing cluster can only
+/// be opened by its own major version).
+pub fn find(explicit: Option<&Path>, want_major: Option<u32>) -> Result<Binaries, EmbeddedError> {
     let mut seen: Vec<Binaries> = Vec::new();
-    for dir in candidate_dirs() {
+    let dirs = match explicit {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => candidate_dirs(),
+    };
+    for dir in dirs {
         if !dir.join("initdb").is_file() || !dir.join("postgres").is_file() {
             continue;
         }

@@ -44,12 +44,14 @@ pub struct EmbeddedOptions {
     pub ephemeral: bool,
     /// PostgreSQL's `max_connections`.
     pub max_connections: u32,
+    /// Use the server binaries in this directory instead of searching for them.
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl EmbeddedOptions {
     /// A durable cluster under `data_dir`, created on first use and reused afterwards.
     pub fn persistent(data_dir: impl Into<PathBuf>) -> Self {
-        EmbeddedOptions { data_dir: data_dir.into(), ephemeral: false, max_connections: 200 }
+        EmbeddedOptions { data_dir: data_dir.into(), ephemeral: false, max_connections: 200, bin_dir: None }
     }
 
     /// A throwaway cluster in a fresh directory under the system's temporary directory.
@@ -59,6 +61,7 @@ impl EmbeddedOptions {
             data_dir: std::env::temp_dir().join(name),
             ephemeral: true,
             max_connections: 300,
+            bin_dir: None,
         }
     }
 }
@@ -67,7 +70,8 @@ impl EmbeddedOptions {
 /// the server; [`EmbeddedPostgres::stop`] does so and waits.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
-    supervisor: Child,
+    /// None when attached to a cluster another FlightDeck process runs (it stops it, not us).
+    supervisor: Option<Child>,
     lifeline: Option<ChildStdin>,
     socket_dir: PathBuf,
     pgdata: PathBuf,
@@ -103,17 +107,20 @@ impl EmbeddedPostgres {
                     detail: format!("unexpected contents {text:?}"),
                     log: String::new(),
                 })?;
-                find_binaries(Some(major))?
+                find_binaries(options.bin_dir.as_deref(), Some(major))?
             }
             Err(_) => {
-                let binaries = find_binaries(None)?;
+                let binaries = find_binaries(options.bin_dir.as_deref(), None)?;
                 initdb(&binaries, owner, &pg_dir, &pgdata, &log, options.ephemeral)?;
                 binaries
             }
         };
 
+        if let Some(socket_dir) = clear_stale_pid(&pgdata)? {
+            tracing::info!("PostgreSQL in {} is run by another FlightDeck process; using it", pgdata.display());
+            return Ok(EmbeddedPostgres { supervisor: None, lifeline: None, socket_dir, pgdata, log, binaries });
+        }
         let socket_dir = socket_dir_for(&pg_dir, owner)?;
-        clear_stale_pid(&pgdata)?;
 
         let mut cmd = Command::new("sh");
         let remove_after = if options.ephemeral { data_dir.as_os_str() } else { "".as_ref() };
@@ -143,7 +150,7 @@ impl EmbeddedPostgres {
         owner.apply(&mut cmd);
         let mut supervisor = cmd.spawn().map_err(EmbeddedError::io("cannot start", binaries.postgres()))?;
         let lifeline = supervisor.stdin.take();
-        let mut pg = EmbeddedPostgres { supervisor, lifeline, socket_dir, pgdata, log, binaries };
+        let mut pg = EmbeddedPostgres { supervisor: Some(supervisor), lifeline, socket_dir, pgdata, log, binaries };
         pg.wait_ready(Duration::from_secs(60))?;
         Ok(pg)
     }
@@ -172,6 +179,7 @@ impl EmbeddedPostgres {
 
     /// Fast shutdown (open transactions are rolled back, sessions ended) and wait for it. Blocking.
     pub fn stop(mut self) -> Result<(), EmbeddedError> {
+        let Some(mut supervisor) = self.supervisor.take() else { return Ok(()) };
         if let Some(mut lifeline) = self.lifeline.take() {
             // Either the line or the end of file wakes the supervisor; a broken pipe means it
             // already left.
@@ -179,10 +187,10 @@ impl EmbeddedPostgres {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.supervisor.try_wait() {
+            match supervisor.try_wait() {
                 Ok(Some(_)) | Err(_) => return Ok(()),
                 Ok(None) if Instant::now() > deadline => {
-                    let _ = self.supervisor.kill();
+                    let _ = supervisor.kill();
                     return Err(EmbeddedError::Failed {
                         step: "stopping PostgreSQL",
                         detail: "it did not stop within 60 s".into(),
@@ -198,7 +206,7 @@ impl EmbeddedPostgres {
         let deadline = Instant::now() + timeout;
         let socket = self.socket_dir.join(format!(".s.PGSQL.{PORT}"));
         loop {
-            if let Ok(Some(status)) = self.supervisor.try_wait() {
+            if let Some(Ok(Some(status))) = self.supervisor.as_mut().map(Child::try_wait) {
                 return Err(EmbeddedError::Failed {
                     step: "starting PostgreSQL",
                     detail: format!("the server exited ({status})"),
@@ -296,16 +304,24 @@ fn socket_dir_for(pg_dir: &Path, owner: Owner) -> Result<PathBuf, EmbeddedError>
     Ok(dir)
 }
 
-/// A `postmaster.pid` left behind by a crash. If its process is a postmaster still serving this
-/// cluster (its supervisor was killed outright), it is asked to stop; otherwise the file is stale
-/// (possibly naming a recycled pid that PostgreSQL would mistake for a live server) and is removed.
-fn clear_stale_pid(pgdata: &Path) -> Result<(), EmbeddedError> {
+/// Deals with an existing `postmaster.pid`. If a supervised postmaster serves this cluster (another
+/// FlightDeck process, e.g. `serve` while the user runs `flightdeck read`), returns its socket
+/// directory so this process can use it. If the postmaster is orphaned (its supervisor was killed
+/// outright), it is asked to stop. Otherwise the file is stale (left by a crash, possibly naming a
+/// recycled pid that PostgreSQL would mistake for a live server) and is removed.
+fn clear_stale_pid(pgdata: &Path) -> Result<Option<PathBuf>, EmbeddedError> {
     let pidfile = pgdata.join("postmaster.pid");
-    let Ok(text) = std::fs::read_to_string(&pidfile) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(&pidfile) else { return Ok(None) };
     let pid = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok());
     if let Some(pid) = pid.filter(|&p| p > 0).map(Pid::from_raw)
         && is_our_postmaster(pid, pgdata)
     {
+        let ready = text.lines().nth(7).map(str::trim) == Some("ready");
+        if is_supervised(pid) && ready {
+            if let Some(dir) = text.lines().nth(4).map(str::trim).filter(|d| !d.is_empty()) {
+                return Ok(Some(PathBuf::from(dir)));
+            }
+        }
         tracing::warn!(%pid, "an earlier PostgreSQL is still running on this data directory; stopping it");
         let _ = kill(pid, Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -319,15 +335,26 @@ fn clear_stale_pid(pgdata: &Path) -> Result<(), EmbeddedError> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        return Ok(());
+        return Ok(None);
     }
     tracing::info!("removing a stale postmaster.pid left by a crash");
     match std::fs::remove_file(&pidfile) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(EmbeddedError::io("cannot remove", &pidfile)(e))
         }
-        _ => Ok(()),
+        _ => Ok(None),
     }
+}
+
+/// Whether the postmaster's parent is a FlightDeck supervisor (so a live FlightDeck owns it).
+fn is_supervised(pid: Pid) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesized command name: state, ppid, ...
+    let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+    let Some(ppid) = ppid else { return false };
+    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+    let marker = b"flightdeck-pg-supervisor";
+    cmdline.windows(marker.len()).any(|w| w == marker)
 }
 
 fn is_our_postmaster(pid: Pid, pgdata: &Path) -> bool {

@@ -18,6 +18,8 @@ const LOCK: (i32, i32) = (1_178_879_026, 0);
 pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK.0, &LOCK.1]).await?;
+    // "schema already exists, skipping" notices are noise on every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS flightdeck;
          CREATE TABLE IF NOT EXISTS flightdeck.schema_migrations (

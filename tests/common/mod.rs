@@ -86,3 +86,4 @@ pub async fn settle(store: &Store, position: flightdeck::store::Position) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+pub mod process;

@@ -1,0 +1,124 @@
+//! The command line: every flag, its environment variable and its help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// FlightDeck: a real-time event platform on PostgreSQL.
+///
+/// Without DATABASE_URL, FlightDeck runs its own PostgreSQL in the data directory, using the
+/// server binaries installed on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "flightdeck", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Where the database is.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// How to reach PostgreSQL; shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection string (URL or key=value). Without it FlightDeck runs its own
+    /// PostgreSQL in the data directory.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// FlightDeck's data directory, home of the embedded PostgreSQL cluster.
+    #[arg(long, env = "FLIGHTDECK_DATA_DIR", global = true, default_value = ".flightdeck")]
+    pub data_dir: PathBuf,
+    /// Use the PostgreSQL server binaries (initdb, postgres) in this directory instead of
+    /// searching PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "FLIGHTDECK_PG_BIN_DIR", global = true)]
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+/// FlightDeck's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: HTTP API and real-time delivery, on 127.0.0.1:8080 by default.
+    Serve(ServeArgs),
+    /// Apply pending schema migrations and exit (serve also applies them on start).
+    Migrate,
+    /// Append one event to a stream and print where it was stored, as JSON.
+    Append(AppendArgs),
+    /// Print a stream, or the global log from a position, as JSON lines (one event per line).
+    Read(ReadArgs),
+    /// Measure performance against the configured database.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `flightdeck serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLIGHTDECK_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Connections in the database pool.
+    #[arg(long, env = "FLIGHTDECK_DB_POOL", default_value_t = 32)]
+    pub db_pool: usize,
+}
+
+/// `flightdeck append`.
+#[derive(Debug, Clone, Args)]
+pub struct AppendArgs {
+    /// The stream to append to, e.g. `order-42`.
+    pub stream: String,
+    /// The event's type name, e.g. `OrderPlaced`.
+    #[arg(value_name = "TYPE")]
+    pub event_type: String,
+    /// The event's data as JSON, or `-` to read it from standard input.
+    pub data: String,
+    /// Metadata as a JSON object, e.g. '{"correlationId":"c-1"}'.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Required stream state: `any`, `no-stream`, or the stream's current version.
+    #[arg(long, default_value = "any")]
+    pub expected_version: String,
+    /// The event's id (a UUID); appending the same id and content again stores nothing new.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+/// `flightdeck read`.
+#[derive(Debug, Clone, Args)]
+pub struct ReadArgs {
+    /// The stream to read. Without it, reads the global log.
+    pub stream: Option<String>,
+    /// Reading a stream: the first version to print.
+    #[arg(long, default_value_t = 1)]
+    pub from_version: u64,
+    /// Reading the global log: print events after this position (`start` for the beginning).
+    #[arg(long, default_value = "start")]
+    pub after: String,
+    /// Print at most this many events.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+/// `flightdeck bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Append throughput for 1, 4, 16 and 64 writers × 1 and 100 events per append, beside a
+    /// plain-INSERT baseline on the same table shape. Runs in a scratch database
+    /// (`flightdeck_bench`), which it recreates.
+    Append(BenchAppendArgs),
+}
+
+/// `flightdeck bench append`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchAppendArgs {
+    /// Seconds to run each case.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Concurrent writer counts to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    pub writers: Vec<usize>,
+    /// Events per append to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    pub batch: Vec<usize>,
+}

@@ -1,0 +1,92 @@
+//! `flightdeck serve`: the long-running server and its orderly shutdown.
+//!
+//! Order of shutdown on SIGINT/SIGTERM: stop accepting and finish in-flight requests, end
+//! background tasks, then stop the embedded PostgreSQL last.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::{AppState, router};
+use crate::store::StoreError;
+
+use super::CliError;
+use super::args::{DatabaseArgs, ServeArgs};
+use super::database::Database;
+
+pub(super) async fn serve(db_args: &DatabaseArgs, args: &ServeArgs) -> Result<(), CliError> {
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(on_signal(shutdown.clone()));
+
+    let db = Database::open(db_args, args.db_pool).await?;
+    let result = run(&db, args, &shutdown, &tasks).await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    db.close().await?;
+    tracing::info!("stopped");
+    result
+}
+
+async fn run(db: &Database, args: &ServeArgs, shutdown: &CancellationToken, tasks: &TaskTracker) -> Result<(), CliError> {
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|source| CliError::Listen { addr: args.addr, source })?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(db.store.clone());
+    tasks.spawn(prepare_database(state.clone(), shutdown.clone()));
+    // Logged and printed: scripts and tests wait for this line.
+    tracing::info!(%addr, "FlightDeck listening on http://{addr}");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// Connects and migrates, retrying with capped exponential backoff and jitter while the database
+/// is unreachable: a database that starts after FlightDeck is not a reason to die.
+async fn prepare_database(state: AppState, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match state.store.migrate().await {
+            Ok(applied) => {
+                tracing::info!(applied, "database ready");
+                state.set_ready(true);
+                return;
+            }
+            Err(err @ (StoreError::Unavailable(_) | StoreError::Retry)) => {
+                let jitter = Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1));
+                tracing::warn!(error = %err, retry_in = ?(delay + jitter), "database unreachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay + jitter) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot prepare the database; stopping");
+                shutdown.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
+async fn on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(%err, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}
