@@ -49,7 +49,7 @@ const TARGET: (usize, usize, f64) = (16, 1, 0.85);
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// Database trouble.
-    #[error("benchmark database error: {0}")]
+    #[error("benchmark database error: {}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
     /// The event store refused or failed an append.
     #[error("benchmark append failed: {0}")]
@@ -60,6 +60,15 @@ pub enum BenchError {
     /// A writer task panicked or was cancelled.
     #[error("a benchmark writer stopped: {0}")]
     Writer(#[from] tokio::task::JoinError),
+}
+
+/// A database error with the server's message, which `tokio_postgres` keeps in its source.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
+        (None, Some(source)) => format!("{err}: {source}"),
+        (None, None) => err.to_string(),
+    }
 }
 
 /// What to measure, checked and derived from the arguments.
@@ -135,10 +144,13 @@ pub async fn run(config: Config, args: &BenchAppendArgs) -> Result<(), BenchErro
     }
     let facts = server_facts(&admin, &plan).await?;
     eprintln!("bench: {}", facts.join(", "));
+    // Separate statements: a multi-statement string runs as one transaction, which DROP DATABASE
+    // refuses.
     admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE); CREATE DATABASE {BENCH_DB}"
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {BENCH_DB}"))
         .await?;
     let mut bench_config = config.clone();
     bench_config.dbname(BENCH_DB);
@@ -239,10 +251,10 @@ async fn prepare_baseline(client: &Client) -> Result<(), BenchError> {
     client
         .batch_execute("CREATE TABLE public.bench_plain (LIKE flightdeck.events INCLUDING ALL)")
         .await?;
-    let shape = "SELECT (SELECT count(*) FROM pg_index WHERE indrelid = $1::regclass), \
-                        (SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'c'), \
-                        (SELECT string_agg(attname || ':' || attidentity, ',' ORDER BY attnum) \
-                         FROM pg_attribute WHERE attrelid = $1::regclass AND attidentity <> '')";
+    let shape = "SELECT (SELECT count(*) FROM pg_index WHERE indrelid = $1::text::regclass), \
+                        (SELECT count(*) FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'c'), \
+                        (SELECT string_agg(attname || ':' || attidentity::text, ',' ORDER BY attnum) \
+                         FROM pg_attribute WHERE attrelid = $1::text::regclass AND attidentity <> '')";
     let events = client.query_one(shape, &[&"flightdeck.events"]).await?;
     let plain = client.query_one(shape, &[&"public.bench_plain"]).await?;
     let read =

@@ -11,10 +11,11 @@ use uuid::Uuid;
 
 use super::{Position, RecordedEvent, StoreError};
 
-const COLUMNS: &str = "id, stream_id, version, type, data, metadata, created_at, xid::text, seq";
+// The text form of xid is aliased so that `ORDER BY e.xid` sorts by the xid8 value, never by its text.
+const COLUMNS: &str = "e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.created_at, e.xid::text AS xid_text, e.seq";
 
 /// The visibility horizon: rows below it are final.
-const HORIZON: &str = "xid < pg_snapshot_xmin(pg_current_snapshot())";
+const HORIZON: &str = "e.xid < pg_snapshot_xmin(pg_current_snapshot())";
 
 pub(crate) async fn stream<C: GenericClient>(
     client: &C,
@@ -23,7 +24,7 @@ pub(crate) async fn stream<C: GenericClient>(
     limit: u32,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM flightdeck.events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+        "SELECT {COLUMNS} FROM flightdeck.events e WHERE e.stream_id = $1 AND e.version >= $2 ORDER BY e.version LIMIT $3"
     );
     let from = i64::try_from(from_version).unwrap_or(i64::MAX);
     let rows = client
@@ -33,7 +34,7 @@ pub(crate) async fn stream<C: GenericClient>(
 }
 
 pub(crate) async fn event<C: GenericClient>(client: &C, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM flightdeck.events WHERE id = $1");
+    let sql = format!("SELECT {COLUMNS} FROM flightdeck.events e WHERE e.id = $1");
     let row = client.query_typed_opt(&sql, &[(&id, Type::UUID)]).await?;
     row.as_ref().map(to_event).transpose()
 }
@@ -44,9 +45,9 @@ pub(crate) async fn all<C: GenericClient>(
     limit: u32,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM flightdeck.events \
-         WHERE (xid, seq) > ($1::text::xid8, $2) AND {HORIZON} \
-         ORDER BY xid, seq LIMIT $3"
+        "SELECT {COLUMNS} FROM flightdeck.events e \
+         WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND {HORIZON} \
+         ORDER BY e.xid, e.seq LIMIT $3"
     );
     let xid = after.xid_text();
     let rows = client
@@ -60,7 +61,8 @@ pub(crate) async fn all<C: GenericClient>(
 
 pub(crate) async fn head<C: GenericClient>(client: &C) -> Result<Position, StoreError> {
     let sql = format!(
-        "SELECT xid::text, seq FROM flightdeck.events WHERE {HORIZON} ORDER BY xid DESC, seq DESC LIMIT 1"
+        "SELECT e.xid::text AS xid_text, e.seq FROM flightdeck.events e WHERE {HORIZON} \
+         ORDER BY e.xid DESC, e.seq DESC LIMIT 1"
     );
     match client.query_typed_opt(&sql, &[]).await? {
         None => Ok(Position::START),
