@@ -325,7 +325,9 @@ fn clear_stale_pid(pgdata: &Path) -> Result<Option<PathBuf>, EmbeddedError> {
         tracing::warn!(%pid, "an earlier PostgreSQL is still running on this data directory; stopping it");
         let _ = kill(pid, Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while kill(pid, None).is_ok() {
+        // Done when its pid file is gone (it removes it last) or it has exited (a zombie counts:
+        // its parent may not have reaped it yet).
+        while pidfile.exists() && kill(pid, None).is_ok() && !is_zombie(pid) {
             if Instant::now() > deadline {
                 return Err(EmbeddedError::Failed {
                     step: "stopping an earlier PostgreSQL",
@@ -335,15 +337,20 @@ fn clear_stale_pid(pgdata: &Path) -> Result<Option<PathBuf>, EmbeddedError> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        return Ok(None);
+    } else {
+        tracing::info!("removing a stale postmaster.pid left by a crash");
     }
-    tracing::info!("removing a stale postmaster.pid left by a crash");
     match std::fs::remove_file(&pidfile) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(EmbeddedError::io("cannot remove", &pidfile)(e))
         }
         _ => Ok(None),
     }
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z")
 }
 
 /// Whether the postmaster's parent is a FlightDeck supervisor (so a live FlightDeck owns it).
