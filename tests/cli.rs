@@ -76,7 +76,8 @@ async fn append_and_read_through_database_url() {
     common::settle(&db.store, last).await;
     let out = run(flightdeck().env("DATABASE_URL", &url).args(["read", "--after", "start", "--limit", "1"]));
     assert_eq!(stdout(&out).lines().count(), 1);
-    let out = run(flightdeck().env("DATABASE_URL", &url).args(["read", "--after", first["position"].as_str().unwrap()]));
+    let out =
+        run(flightdeck().env("DATABASE_URL", &url).args(["read", "--after", first["position"].as_str().unwrap()]));
     assert_eq!(stdout(&out).lines().count(), 1);
     let out = run(flightdeck().env("DATABASE_URL", &url).args(["read", "--after", "yesterday"]));
     assert!(stderr(&out).contains("malformed position"), "{}", stderr(&out));

@@ -48,10 +48,10 @@ fn an_orphaned_postgres_on_the_data_directory_is_stopped_and_replaced() {
     let pgdata = data.join("postgres/data");
     let bin = flightdeck::embedded::find_binaries(None, None).unwrap();
     let mut cmd = std::process::Command::new(bin.postgres());
-    cmd.arg("-D").arg(&pgdata).args(["-c", "listen_addresses=", "-c"]).arg(format!(
-        "unix_socket_directories={}",
-        data.join("postgres").display()
-    ));
+    cmd.arg("-D")
+        .arg(&pgdata)
+        .args(["-c", "listen_addresses=", "-c"])
+        .arg(format!("unix_socket_directories={}", data.join("postgres").display()));
     if nix::unistd::Uid::effective().is_root() {
         let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
         cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
@@ -92,4 +92,27 @@ fn a_stale_postmaster_pid_is_handled() {
     }
     // The test process itself was not harmed by being named in the pid file.
     assert!(kill(nix::unistd::Pid::this(), None).is_ok());
+}
+
+#[test]
+fn a_data_directory_the_postgres_user_cannot_reach_still_works_as_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Not root: PostgreSQL runs as the current user, who can reach their own directories.
+        let dir = scratch_dir();
+        append(&dir.path().join("fd"), "AsUser");
+        assert_eq!(count(&dir.path().join("fd")), 1);
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir();
+    let private = dir.path().join("home");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.join("fd");
+    append(&data, "First");
+    append(&data, "Second");
+    assert_eq!(count(&data), 2);
+    let target = std::fs::read_link(data.join("postgres")).unwrap();
+    assert!(target.starts_with(flightdeck::embedded::RELOCATED_ROOT), "{}", target.display());
+    std::fs::remove_dir_all(target.parent().unwrap()).unwrap();
 }

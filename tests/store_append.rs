@@ -17,10 +17,11 @@ async fn appends_and_reads_back_every_field() {
     let meta = json!({"correlationId": "c-1", "causationId": "x"});
     let out = db
         .store
-        .append("order-1", ExpectedVersion::NoStream, &[
-            ev("OrderPlaced", 1).with_metadata(meta.clone()).unwrap(),
-            ev("OrderPaid", 2),
-        ])
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            &[ev("OrderPlaced", 1).with_metadata(meta.clone()).unwrap(), ev("OrderPaid", 2)],
+        )
         .await
         .unwrap();
     assert!(!out.already_stored);
@@ -101,7 +102,10 @@ async fn retried_appends_are_idempotent() {
     let mut changed = batch.clone();
     changed[1].data = json!({"n": 3});
     let err = s.append("cart", ExpectedVersion::Any, &changed).await.unwrap_err();
-    assert!(matches!(err, StoreError::IdReused(id) if id == batch[0].id.unwrap() || id == batch[1].id.unwrap()), "{err}");
+    assert!(
+        matches!(err, StoreError::IdReused(id) if id == batch[0].id.unwrap() || id == batch[1].id.unwrap()),
+        "{err}"
+    );
     // Same id in another stream: also an error.
     let err = s.append("other", ExpectedVersion::Any, &batch[..1]).await.unwrap_err();
     assert!(matches!(err, StoreError::IdReused(_)), "{err}");
@@ -147,7 +151,10 @@ async fn reads_respect_from_and_limit() {
     let last = s.read_stream("odd", 5, 1).await.unwrap()[0].position;
     common::settle(s, last).await;
     let evens = s.read_stream("even", 2, 2).await.unwrap();
-    assert_eq!(evens.iter().map(|e| (e.version, e.data["n"].as_i64().unwrap())).collect::<Vec<_>>(), vec![(2, 2), (3, 4)]);
+    assert_eq!(
+        evens.iter().map(|e| (e.version, e.data["n"].as_i64().unwrap())).collect::<Vec<_>>(),
+        vec![(2, 2), (3, 4)]
+    );
     assert!(s.read_stream("missing", 1, 10).await.unwrap().is_empty());
 
     let all = s.read_all(Position::START, 100).await.unwrap();
@@ -230,7 +237,8 @@ async fn the_sql_function_appends_in_any_transaction() {
 async fn large_events_are_stored_whole() {
     let db = common::test_db().await;
     let blob = "x".repeat(100 * 1024);
-    let out = db.store.append("big", ExpectedVersion::Any, &[NewEvent::new("Big", json!({ "blob": blob }))]).await.unwrap();
+    let out =
+        db.store.append("big", ExpectedVersion::Any, &[NewEvent::new("Big", json!({ "blob": blob }))]).await.unwrap();
     let back = db.store.read_event(out.events[0].id).await.unwrap().unwrap();
     assert_eq!(back.data["blob"].as_str().unwrap().len(), 100 * 1024);
 }

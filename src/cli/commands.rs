@@ -44,24 +44,22 @@ pub(super) async fn append(args: &DatabaseArgs, append: &AppendArgs) -> Result<(
     } else {
         append.data.clone()
     };
-    let data: Value = serde_json::from_str(&data_text)
-        .map_err(|e| CliError::Usage(format!("DATA is not valid JSON: {e}")))?;
+    let data: Value =
+        serde_json::from_str(&data_text).map_err(|e| CliError::Usage(format!("DATA is not valid JSON: {e}")))?;
     let mut event = NewEvent::new(append.event_type.clone(), data);
     if let Some(text) = &append.metadata {
-        let metadata: Value = serde_json::from_str(text)
-            .map_err(|e| CliError::Usage(format!("--metadata is not valid JSON: {e}")))?;
+        let metadata: Value =
+            serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--metadata is not valid JSON: {e}")))?;
         event.metadata = metadata_object(metadata).map_err(|e| CliError::Usage(format!("--metadata: {e}")))?;
     }
     if let Some(id) = &append.id {
         let id = Uuid::parse_str(id).map_err(|e| CliError::Usage(format!("--id is not a UUID: {e}")))?;
         event = event.with_id(id);
     }
-    let expected: ExpectedVersion = append
-        .expected_version
-        .parse()
-        .map_err(|e| CliError::Usage(format!("--expected-version: {e}")))?;
-    let out = with_database(args, 1, true, async |db| Ok(db.store.append(&append.stream, expected, &[event]).await?))
-        .await?;
+    let expected: ExpectedVersion =
+        append.expected_version.parse().map_err(|e| CliError::Usage(format!("--expected-version: {e}")))?;
+    let out =
+        with_database(args, 1, true, async |db| Ok(db.store.append(&append.stream, expected, &[event]).await?)).await?;
     let mut stdout = std::io::stdout().lock();
     for event in &out.events {
         serde_json::to_writer(&mut stdout, event).map_err(std::io::Error::other)?;

@@ -30,7 +30,12 @@ pub(super) async fn serve(db_args: &DatabaseArgs, args: &ServeArgs) -> Result<()
     result
 }
 
-async fn run(db: &Database, args: &ServeArgs, shutdown: &CancellationToken, tasks: &TaskTracker) -> Result<(), CliError> {
+async fn run(
+    db: &Database,
+    args: &ServeArgs,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|source| CliError::Listen { addr: args.addr, source })?;
@@ -39,9 +44,7 @@ async fn run(db: &Database, args: &ServeArgs, shutdown: &CancellationToken, task
     tasks.spawn(prepare_database(state.clone(), shutdown.clone()));
     // Logged and printed: scripts and tests wait for this line.
     tracing::info!(%addr, "FlightDeck listening on http://{addr}");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
     Ok(())
 }
 

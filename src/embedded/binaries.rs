@@ -45,8 +45,7 @@ pub fn find(explicit: Option<&Path>, want_major: Option<u32>) -> Result<Binaries
         }
         // Resolve symlinks such as /usr/local/bin/postgres -> /usr/lib/postgresql/15/bin/postgres,
         // so one installation found twice counts once, and initdb comes from the same place.
-        let Some(dir) = dir.join("postgres").canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf))
-        else {
+        let Some(dir) = dir.join("postgres").canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf)) else {
             continue;
         };
         if !dir.join("initdb").is_file() {
@@ -60,22 +59,19 @@ pub fn find(explicit: Option<&Path>, want_major: Option<u32>) -> Result<Binaries
         }
     }
     // Stable sort keeps the search order among equal versions.
-    seen.sort_by(|a, b| b.major.cmp(&a.major));
+    seen.sort_by_key(|b| std::cmp::Reverse(b.major));
     match want_major {
         None => seen.into_iter().next().ok_or(EmbeddedError::NoBinaries),
         Some(major) => {
             let found: Vec<u32> = seen.iter().map(|b| b.major).collect();
-            seen.into_iter()
-                .find(|b| b.major == major)
-                .ok_or(EmbeddedError::VersionMismatch { cluster: major, found })
+            seen.into_iter().find(|b| b.major == major).ok_or(EmbeddedError::VersionMismatch { cluster: major, found })
         }
     }
 }
 
 fn candidate_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {
@@ -94,7 +90,7 @@ fn candidate_dirs() -> Vec<PathBuf> {
             Some((major, entry.path().join("bin")))
         })
         .collect();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
     dirs.extend(versioned.into_iter().map(|(_, p)| p));
     dirs
 }

@@ -93,7 +93,7 @@ impl EmbeddedPostgres {
         if options.ephemeral {
             owner.give(&data_dir)?;
         }
-        let pg_dir = data_dir.join("postgres");
+        let pg_dir = cluster_home(&data_dir, owner, options.ephemeral)?;
         private_dir(&pg_dir)?;
         owner.give(&pg_dir)?;
         owner.check_reachable(&pg_dir)?;
@@ -238,6 +238,40 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
+/// Where the cluster lives: `<data dir>/postgres`, unless FlightDeck runs as root and the
+/// `postgres` user cannot reach that (say, a data directory under root's 0700 home). Then the
+/// cluster lives under /var/lib/flightdeck and `<data dir>/postgres` is a symlink to it, so that
+/// zero config works from any directory and later runs find the same cluster.
+fn cluster_home(data_dir: &Path, owner: Owner, ephemeral: bool) -> Result<PathBuf, EmbeddedError> {
+    let link = data_dir.join("postgres");
+    if let Ok(target) = std::fs::read_link(&link) {
+        return Ok(target);
+    }
+    let unreachable = owner.check_reachable(&link).is_err();
+    if !unreachable || ephemeral || link.exists() {
+        return Ok(link);
+    }
+    let name: String = data_dir
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .collect();
+    let home = PathBuf::from(RELOCATED_ROOT).join(name);
+    std::fs::create_dir_all(&home).map_err(EmbeddedError::io("cannot create", &home))?;
+    let target = home.join("postgres");
+    std::os::unix::fs::symlink(&target, &link).map_err(EmbeddedError::io("cannot create the symlink", &link))?;
+    tracing::info!(
+        "the postgres user cannot reach {}; keeping the cluster in {} instead",
+        data_dir.display(),
+        target.display()
+    );
+    Ok(target)
+}
+
+/// Home of clusters whose data directory the `postgres` user cannot reach (root only).
+pub const RELOCATED_ROOT: &str = "/var/lib/flightdeck";
+
 fn private_dir(path: &Path) -> Result<(), EmbeddedError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -341,9 +375,7 @@ fn clear_stale_pid(pgdata: &Path) -> Result<Option<PathBuf>, EmbeddedError> {
         tracing::info!("removing a stale postmaster.pid left by a crash");
     }
     match std::fs::remove_file(&pidfile) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(EmbeddedError::io("cannot remove", &pidfile)(e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EmbeddedError::io("cannot remove", &pidfile)(e)),
         _ => Ok(None),
     }
 }
@@ -379,9 +411,5 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(15)..];
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("PostgreSQL said ({}):\n{}", log.display(), tail.join("\n"))
-    }
+    if tail.is_empty() { String::new() } else { format!("PostgreSQL said ({}):\n{}", log.display(), tail.join("\n")) }
 }

@@ -14,7 +14,7 @@ mod cluster;
 mod owner;
 
 pub use binaries::{Binaries, find as find_binaries};
-pub use cluster::{EmbeddedOptions, EmbeddedPostgres};
+pub use cluster::{EmbeddedOptions, EmbeddedPostgres, RELOCATED_ROOT};
 
 use std::path::PathBuf;
 

@@ -10,14 +10,8 @@ use super::{AppendOutcome, AppendedEvent, ExpectedVersion, NewEvent, Position, S
 const APPEND_SQL: &str = "SELECT event_id, event_version, event_xid::text, event_seq, stored_before \
                           FROM flightdeck.append_batch($1, $2, $3, $4, $5, $6)";
 
-const APPEND_TYPES: &[Type] = &[
-    Type::TEXT,
-    Type::INT8,
-    Type::UUID_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::JSONB_ARRAY,
-    Type::JSONB_ARRAY,
-];
+const APPEND_TYPES: &[Type] =
+    &[Type::TEXT, Type::INT8, Type::UUID_ARRAY, Type::TEXT_ARRAY, Type::JSONB_ARRAY, Type::JSONB_ARRAY];
 
 /// Appends `events` to `stream` through `client`, which may be a transaction of the caller's: then
 /// the events commit or roll back with the caller's own writes. Ids are generated (UUIDv7) here for

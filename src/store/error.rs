@@ -35,7 +35,9 @@ pub enum StoreError {
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     /// The schema is from a newer FlightDeck.
-    #[error("the database schema is at version {found}, newer than this FlightDeck knows ({known}); upgrade FlightDeck")]
+    #[error(
+        "the database schema is at version {found}, newer than this FlightDeck knows ({known}); upgrade FlightDeck"
+    )]
     SchemaTooNew {
         /// Highest migration applied in the database.
         found: i32,

@@ -29,12 +29,8 @@ pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
          );",
     )
     .await?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM flightdeck.schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied: Vec<i32> =
+        tx.query("SELECT version FROM flightdeck.schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if let Some(&found) = applied.iter().max()
         && found > known

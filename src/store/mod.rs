@@ -85,10 +85,8 @@ impl Store {
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
         // Fix the ids once, so that a retry after a lost answer is recognized as the same append.
-        let events: Vec<NewEvent> = events
-            .iter()
-            .map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() })
-            .collect();
+        let events: Vec<NewEvent> =
+            events.iter().map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() }).collect();
         let mut attempt = 0;
         loop {
             let client = self.pool.get().await?;

@@ -106,8 +106,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed_positions() {
-        let cases = ["", "start", "12", "0000000000000001000000000000000g", "00000000000000010000000000000001ff",
-            "0000000000000001ffffffffffffffff", " 000000000000000100000000000000a"];
+        let cases = [
+            "",
+            "start",
+            "12",
+            "0000000000000001000000000000000g",
+            "00000000000000010000000000000001ff",
+            "0000000000000001ffffffffffffffff",
+            " 000000000000000100000000000000a",
+        ];
         for case in cases {
             let err = case.parse::<Position>().expect_err(case);
             assert!(err.to_string().contains("malformed position"), "{err}");

@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::{Position, RecordedEvent, StoreError};
 
 // The text form of xid is aliased so that `ORDER BY e.xid` sorts by the xid8 value, never by its text.
-const COLUMNS: &str = "e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.created_at, e.xid::text AS xid_text, e.seq";
+const COLUMNS: &str =
+    "e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.created_at, e.xid::text AS xid_text, e.seq";
 
 /// The visibility horizon: rows below it are final.
 const HORIZON: &str = "e.xid < pg_snapshot_xmin(pg_current_snapshot())";
@@ -51,10 +52,7 @@ pub(crate) async fn all<C: GenericClient>(
     );
     let xid = after.xid_text();
     let rows = client
-        .query_typed(
-            &sql,
-            &[(&xid, Type::TEXT), (&after.seq_i64(), Type::INT8), (&i64::from(limit), Type::INT8)],
-        )
+        .query_typed(&sql, &[(&xid, Type::TEXT), (&after.seq_i64(), Type::INT8), (&i64::from(limit), Type::INT8)])
         .await?;
     rows.iter().map(to_event).collect()
 }

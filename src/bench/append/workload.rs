@@ -69,11 +69,7 @@ impl Tally {
     /// Throughput over all measured windows.
     pub(super) fn events_per_second(&self) -> f64 {
         let secs = self.window.as_secs_f64();
-        if secs > 0.0 {
-            self.events as f64 / secs
-        } else {
-            0.0
-        }
+        if secs > 0.0 { self.events as f64 / secs } else { 0.0 }
     }
 }
 
@@ -118,10 +114,7 @@ pub(super) async fn segment(
         }
     }
     let start = Instant::now() + warmup;
-    let frame = Window {
-        start,
-        end: start + window,
-    };
+    let frame = Window { start, end: start + window };
     let mut tasks = JoinSet::new();
     match case {
         Case::Plain => {
@@ -136,19 +129,11 @@ pub(super) async fn segment(
         }
         Case::Pool => {
             for writer in 0..writers {
-                tasks.spawn(pool_writer(
-                    store.clone(),
-                    format!("p{writer}"),
-                    batch,
-                    frame,
-                ));
+                tasks.spawn(pool_writer(store.clone(), format!("p{writer}"), batch, frame));
             }
         }
     }
-    let mut total = Tally {
-        window,
-        ..Tally::default()
-    };
+    let mut total = Tally { window, ..Tally::default() };
     while let Some(joined) = tasks.join_next().await {
         let tally = joined??;
         total.events += tally.events;
@@ -163,34 +148,13 @@ fn page_view(n: u64) -> Value {
 }
 
 /// Plain INSERTs of the same rows `append_in` would write (ids made here, versions counted here).
-async fn plain_writer(
-    client: Client,
-    stream: String,
-    batch: usize,
-    frame: Window,
-) -> Result<Tally, BenchError> {
+async fn plain_writer(client: Client, stream: String, batch: usize, frame: Window) -> Result<Tally, BenchError> {
     let types: &[Type] = if batch == 1 {
-        &[
-            Type::UUID,
-            Type::TEXT,
-            Type::INT8,
-            Type::TEXT,
-            Type::JSONB,
-            Type::JSONB,
-        ]
+        &[Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB]
     } else {
-        &[
-            Type::UUID_ARRAY,
-            Type::TEXT,
-            Type::INT8_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::JSONB_ARRAY,
-            Type::JSONB_ARRAY,
-        ]
+        &[Type::UUID_ARRAY, Type::TEXT, Type::INT8_ARRAY, Type::TEXT_ARRAY, Type::JSONB_ARRAY, Type::JSONB_ARRAY]
     };
-    let statement = client
-        .prepare_typed(if batch == 1 { PLAIN_ONE } else { PLAIN_MANY }, types)
-        .await?;
+    let statement = client.prepare_typed(if batch == 1 { PLAIN_ONE } else { PLAIN_MANY }, types).await?;
     let empty = Value::Object(Map::new());
     let mut tally = Tally::default();
     let mut version: i64 = 0;
@@ -199,12 +163,7 @@ async fn plain_writer(
         if batch == 1 {
             n += 1;
             let (id, data) = (Uuid::now_v7(), page_view(n));
-            client
-                .execute(
-                    &statement,
-                    &[&id, &stream, &(version + 1), &EVENT_TYPE, &data, &empty],
-                )
-                .await?;
+            client.execute(&statement, &[&id, &stream, &(version + 1), &EVENT_TYPE, &data, &empty]).await?;
             version += 1;
         } else {
             let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
@@ -222,12 +181,7 @@ async fn plain_writer(
                 .collect();
             let event_types = vec![EVENT_TYPE; batch];
             let metadata = vec![&empty; batch];
-            client
-                .execute(
-                    &statement,
-                    &[&ids, &stream, &versions, &event_types, &data, &metadata],
-                )
-                .await?;
+            client.execute(&statement, &[&ids, &stream, &versions, &event_types, &data, &metadata]).await?;
         }
         frame.record(&mut tally, batch);
     }
@@ -245,23 +199,11 @@ fn events(batch: usize, n: &mut u64) -> Vec<NewEvent> {
 }
 
 /// FlightDeck's append on a dedicated connection: what `Store::append` does minus the pool.
-async fn direct_writer(
-    client: Client,
-    stream: String,
-    batch: usize,
-    frame: Window,
-) -> Result<Tally, BenchError> {
+async fn direct_writer(client: Client, stream: String, batch: usize, frame: Window) -> Result<Tally, BenchError> {
     let mut tally = Tally::default();
     let mut n = 0;
     while frame.open() {
-        match append_in(
-            &client,
-            &stream,
-            ExpectedVersion::Any,
-            &events(batch, &mut n),
-        )
-        .await
-        {
+        match append_in(&client, &stream, ExpectedVersion::Any, &events(batch, &mut n)).await {
             Ok(_) => frame.record(&mut tally, batch),
             // Cannot happen with one writer per stream, but it is what a caller would do.
             Err(StoreError::Retry) => continue,
@@ -272,18 +214,11 @@ async fn direct_writer(
 }
 
 /// FlightDeck's append as the server calls it: through the pool, with its retries.
-async fn pool_writer(
-    store: Store,
-    stream: String,
-    batch: usize,
-    frame: Window,
-) -> Result<Tally, BenchError> {
+async fn pool_writer(store: Store, stream: String, batch: usize, frame: Window) -> Result<Tally, BenchError> {
     let mut tally = Tally::default();
     let mut n = 0;
     while frame.open() {
-        store
-            .append(&stream, ExpectedVersion::Any, &events(batch, &mut n))
-            .await?;
+        store.append(&stream, ExpectedVersion::Any, &events(batch, &mut n)).await?;
         frame.record(&mut tally, batch);
     }
     Ok(tally)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine, as root or not: installs what the tests need, then runs
+# every test against real PostgreSQL clusters that the tests start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_postgres() {
+    command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+
+if ! have_postgres; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing PostgreSQL server binaries (apt-get install postgresql)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "PostgreSQL server binaries are missing: run 'apt-get install postgresql' as root" >&2
+        exit 1
+    fi
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
+fi
+
+# Tests wait on I/O (PostgreSQL, sockets, child processes) far more than on CPU.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}"
+cargo test --locked --all-targets "$@"
+cargo test --locked --doc
