@@ -6,6 +6,7 @@
 //! mount; [`cli`] is the `flightdeck` command. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod bench;
+pub mod bus;
 pub mod cli;
 pub mod embedded;
 pub mod http;

@@ -9,7 +9,10 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// The schema's migrations: (version, name, SQL). Append only; never edit a shipped one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "event_store", include_str!("../../migrations/0001_event_store.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "event_store", include_str!("../../migrations/0001_event_store.sql")),
+    (2, "notify_sql_appends", include_str!("../../migrations/0002_notify_sql_appends.sql")),
+];
 
 /// Advisory lock key (class, object) held while migrating. The class differs from the stream locks'.
 const LOCK: (i32, i32) = (1_178_879_026, 0);

@@ -1,0 +1,134 @@
+//! Which events a subscriber wants: event types, a stream (exact or prefix), and equality tests on
+//! fields of the event's data. Applied in memory to live events and to replays alike, so both
+//! deliver exactly the same set.
+
+use serde_json::Value;
+
+use crate::store::RecordedEvent;
+
+/// A subscription's filter. The empty filter matches everything; conditions are AND-ed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Event types to deliver (any of them); empty means all types.
+    pub types: Vec<String>,
+    /// Only this stream.
+    pub stream: Option<String>,
+    /// Only streams starting with this prefix.
+    pub stream_prefix: Option<String>,
+    /// Field equalities, e.g. path `["pageId"]` (from `data.pageId`) equal to `"home"`.
+    pub fields: Vec<FieldMatch>,
+}
+
+/// One equality test on the event's data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldMatch {
+    /// Path inside `data`, one key per level.
+    pub path: Vec<String>,
+    /// The value the field must equal.
+    pub value: Value,
+}
+
+/// A filter expression that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// Not `data.<path>:<value>` (or `=`).
+    #[error("filter {0:?} is not of the form data.<field>:<value>, e.g. data.pageId:home")]
+    Malformed(String),
+}
+
+impl FieldMatch {
+    /// Parses `data.pageId:home` (or `data.pageId=home`). The value is taken as JSON when it
+    /// parses as a JSON scalar (`42`, `true`, `"quoted"`), else as a plain string.
+    pub fn parse(expr: &str) -> Result<Self, FilterError> {
+        let bad = || FilterError::Malformed(expr.chars().take(200).collect());
+        let split = expr.find([':', '=']).ok_or_else(bad)?;
+        let (path, value) = (&expr[..split], &expr[split + 1..]);
+        let path = path.strip_prefix("data.").ok_or_else(bad)?;
+        let path: Vec<String> = path.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(bad());
+        }
+        let value = match serde_json::from_str::<Value>(value) {
+            Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::String(_) | Value::Null)) => v,
+            _ => Value::String(value.to_string()),
+        };
+        Ok(FieldMatch { path, value })
+    }
+
+    fn matches(&self, data: &Value) -> bool {
+        let mut at = data;
+        for key in &self.path {
+            match at.get(key) {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        at == &self.value
+    }
+}
+
+impl Filter {
+    /// Whether `event` passes every condition.
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| *t == event.event_type))
+            && self.stream.as_ref().is_none_or(|s| *s == event.stream)
+            && self.stream_prefix.as_ref().is_none_or(|p| event.stream.starts_with(p.as_str()))
+            && self.fields.iter().all(|f| f.matches(&event.data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(ty: &str, stream: &str, data: Value) -> RecordedEvent {
+        RecordedEvent {
+            id: uuid::Uuid::now_v7(),
+            position: crate::store::Position::START,
+            stream: stream.into(),
+            version: 1,
+            event_type: ty.into(),
+            data,
+            metadata: json!({}),
+            timestamp: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn filters_match_as_documented() {
+        let home = event("PageViewed", "session-1", json!({"pageId": "home", "n": 3, "user": {"plan": "pro"}}));
+        let f = |types: &[&str], stream: Option<&str>, prefix: Option<&str>, fields: &[&str]| Filter {
+            types: types.iter().map(|s| s.to_string()).collect(),
+            stream: stream.map(str::to_string),
+            stream_prefix: prefix.map(str::to_string),
+            fields: fields.iter().map(|e| FieldMatch::parse(e).unwrap()).collect(),
+        };
+        let cases = [
+            (f(&[], None, None, &[]), true),
+            (f(&["PageViewed", "X"], None, None, &[]), true),
+            (f(&["X"], None, None, &[]), false),
+            (f(&[], Some("session-1"), None, &[]), true),
+            (f(&[], Some("session"), None, &[]), false),
+            (f(&[], None, Some("session-"), &[]), true),
+            (f(&[], None, Some("order-"), &[]), false),
+            (f(&[], None, None, &["data.pageId:home"]), true),
+            (f(&[], None, None, &["data.pageId=home", "data.n:3"]), true),
+            (f(&[], None, None, &["data.pageId:home", "data.n:4"]), false),
+            (f(&[], None, None, &["data.user.plan:pro"]), true),
+            (f(&[], None, None, &["data.missing:x"]), false),
+            (f(&[], None, None, &["data.n:\"3\""]), false),
+        ];
+        for (i, (filter, want)) in cases.iter().enumerate() {
+            assert_eq!(filter.matches(&home), *want, "case {i}: {filter:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_field_filters_are_refused() {
+        for bad in ["pageId:home", "data.:x", "data.pageId", "", "data..a:1"] {
+            assert!(FieldMatch::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(FieldMatch::parse("data.a:b:c").unwrap().value, json!("b:c"));
+    }
+}

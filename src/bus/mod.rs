@@ -1,0 +1,212 @@
+//! The bus: every committed event, in log order, to every in-process subscriber, woken by
+//! PostgreSQL LISTEN/NOTIFY.
+//!
+//! One *pump* task per process reads the global log forward from the last position it delivered
+//! and broadcasts each event in memory to all subscribers, so a burst of N appends costs a few
+//! paged reads, not N per subscriber. The pump wakes when this process appends (in-process hint),
+//! when the one *listener* connection receives a NOTIFY (appends by other processes or through the
+//! SQL function), and on a safety poll, so a lost notification only delays delivery. Notifications
+//! carry at most a position (never the event), so the 8000-byte NOTIFY limit never matters.
+
+mod filter;
+mod listener;
+mod pump;
+mod subscription;
+
+pub use filter::{FieldMatch, Filter, FilterError};
+pub use subscription::{Start, Subscription};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::{AppendOutcome, ExpectedVersion, NewEvent, Position, RecordedEvent, Store, StoreError};
+
+/// The NOTIFY channel FlightDeck's wake-ups travel on.
+pub const CHANNEL: &str = "flightdeck_events";
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// Events a subscriber may fall behind the pump before it is told it lagged.
+    pub subscriber_queue: usize,
+    /// How often the pump reads even without a wake-up.
+    pub safety_poll: Duration,
+    /// Longest pause between wake-ups this process sends to other processes.
+    pub notify_interval: Duration,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        BusOptions {
+            subscriber_queue: 4096,
+            safety_poll: Duration::from_secs(1),
+            notify_interval: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The subscriber fell too far behind; resume from `last` (out of the store).
+    #[error("subscriber lagged behind; resume after position {last}")]
+    Lagged {
+        /// The last position this subscription delivered.
+        last: Position,
+    },
+    /// The store could not be read during a replay.
+    #[error("cannot replay from the store: {0}")]
+    Store(String),
+    /// The bus is shutting down.
+    #[error("the server is shutting down")]
+    Closed,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Listener (re)connections after the first.
+    pub reconnects: AtomicU64,
+    /// NOTIFY messages received.
+    pub notifications: AtomicU64,
+    /// Events the pump broadcast.
+    pub delivered: AtomicU64,
+    /// Reads of the log by the pump and by replays.
+    pub catch_up_reads: AtomicU64,
+    /// Whether the listener connection is up (1) or not (0).
+    pub listener_connected: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    store: Store,
+    options: BusOptions,
+    events: broadcast::Sender<Arc<RecordedEvent>>,
+    /// The last position the pump has broadcast.
+    delivered: watch::Sender<Position>,
+    /// The highest position anyone told us exists (appends here, notifications).
+    hinted: watch::Sender<Position>,
+    /// The highest position appended by this process, for the notifier to announce.
+    local: watch::Sender<Position>,
+    wake: Notify,
+    stats: BusStats,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Records that `position` exists and wakes the pump.
+    fn hint(&self, position: Position) {
+        raise(&self.hinted, position);
+        self.wake.notify_one();
+    }
+}
+
+/// Raises a watched position, waking watchers only when it grows.
+fn raise(watch: &watch::Sender<Position>, position: Position) {
+    watch.send_if_modified(|current| {
+        let newer = position > *current;
+        if newer {
+            *current = position;
+        }
+        newer
+    });
+}
+
+/// A handle on the bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("delivered", &*self.shared.delivered.borrow()).finish()
+    }
+}
+
+impl Bus {
+    /// Starts the pump, the listener (on a dedicated connection made from `listen`) and the
+    /// notifier on `tasks`; they end when `shutdown` is cancelled. Live delivery starts at the
+    /// log's current head.
+    pub async fn start(
+        store: Store,
+        listen: tokio_postgres::Config,
+        options: BusOptions,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Bus, StoreError> {
+        let head = store.head().await?;
+        let (events, _) = broadcast::channel(options.subscriber_queue.max(16));
+        let shared = Arc::new(Shared {
+            store,
+            options,
+            events,
+            delivered: watch::Sender::new(head),
+            hinted: watch::Sender::new(head),
+            local: watch::Sender::new(head),
+            wake: Notify::new(),
+            stats: BusStats::default(),
+            shutdown,
+        });
+        tasks.spawn(pump::run(shared.clone()));
+        tasks.spawn(listener::listen(shared.clone(), listen.clone()));
+        tasks.spawn(listener::notify(shared.clone(), listen));
+        Ok(Bus { shared })
+    }
+
+    /// Appends through the store, then wakes this process's subscribers at once and tells other
+    /// processes (coalesced): the append itself pays no NOTIFY.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        let out = self.shared.store.append(stream, expected, events).await?;
+        if let Some(last) = out.events.iter().map(|e| e.position).max() {
+            self.hint(last);
+        }
+        Ok(out)
+    }
+
+    /// Tells the bus an event at `position` was committed (e.g. after [`crate::store::append_in`]
+    /// in the caller's own transaction, once it committed).
+    pub fn hint(&self, position: Position) {
+        raise(&self.shared.local, position);
+        self.shared.hint(position);
+    }
+
+    /// Subscribes with `filter`, starting at `start`. Dropping the subscription unsubscribes.
+    pub fn subscribe(&self, filter: Filter, start: Start) -> Subscription {
+        Subscription::new(self.shared.clone(), filter, start)
+    }
+
+    /// The store behind the bus.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The last position broadcast to subscribers.
+    pub fn delivered(&self) -> Position {
+        *self.shared.delivered.borrow()
+    }
+
+    /// Counters for metrics and readiness.
+    pub fn stats(&self) -> &BusStats {
+        &self.shared.stats
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscribers(&self) -> usize {
+        self.shared.events.receiver_count()
+    }
+
+    /// Whether the listener connection is currently up.
+    pub fn listener_connected(&self) -> bool {
+        self.shared.stats.listener_connected.load(Ordering::Relaxed) == 1
+    }
+}

@@ -1,0 +1,61 @@
+//! The pump: the one reader of the global log in this process, broadcasting each event once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::store::{Position, StoreError};
+
+use super::Shared;
+
+/// Events per read of the log.
+const PAGE: u32 = 1000;
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut position = *shared.delivered.borrow();
+    // A hinted position that is not readable yet (an older transaction is still open) is retried
+    // quickly with growing pauses, never dropped; the safety poll covers lost hints.
+    let mut retry = Duration::from_millis(1);
+    loop {
+        let wait = match drain(&shared, &mut position).await {
+            Ok(()) if *shared.hinted.borrow() > position => {
+                retry = (retry * 2).min(Duration::from_millis(50));
+                retry
+            }
+            Ok(()) => {
+                retry = Duration::from_millis(1);
+                shared.options.safety_poll
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the event log; retrying");
+                Duration::from_millis(250)
+            }
+        };
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Reads and broadcasts everything readable after `position`.
+async fn drain(shared: &Shared, position: &mut Position) -> Result<(), StoreError> {
+    loop {
+        let page = shared.store.read_all(*position, PAGE).await?;
+        shared.stats.catch_up_reads.fetch_add(1, Ordering::Relaxed);
+        let full = page.len() == PAGE as usize;
+        if let Some(last) = page.last() {
+            *position = last.position;
+        }
+        shared.stats.delivered.fetch_add(page.len() as u64, Ordering::Relaxed);
+        for event in page {
+            // No receivers is fine: nobody is subscribed right now.
+            let _ = shared.events.send(Arc::new(event));
+        }
+        shared.delivered.send_replace(*position);
+        if !full {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! A subscription: an async stream of matching events, replayed from the store when it starts in
+//! the past, then live from the pump, with no gap and no duplicate at the seam.
+//!
+//! The seam: the subscription joins the broadcast *before* its replay starts. Every event the pump
+//! broadcast earlier was read below a visibility horizon that the replay's last read has also
+//! passed (horizons only move forward), so the replay includes it; every later event is in the
+//! broadcast queue. Live events at or before the replay's last position are skipped.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use futures::stream::BoxStream;
+use tokio::sync::broadcast;
+
+use crate::store::{Position, RecordedEvent};
+
+use super::{BusError, Filter, Shared};
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Only events delivered after subscribing.
+    Now,
+    /// The whole log, then live.
+    Beginning,
+    /// Events after this position, then live.
+    After(Position),
+}
+
+/// Events per replay read.
+const REPLAY_PAGE: u32 = 500;
+
+/// A stream of events matching a filter. Ends with `Err(Lagged)` if the subscriber falls too far
+/// behind, or with `Err(Closed)` at shutdown. Dropping it unsubscribes.
+pub struct Subscription {
+    inner: BoxStream<'static, Result<Arc<RecordedEvent>, BusError>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+enum Phase {
+    Replay,
+    Live,
+    Done,
+}
+
+struct State {
+    shared: Arc<Shared>,
+    filter: Filter,
+    live: broadcast::Receiver<Arc<RecordedEvent>>,
+    phase: Phase,
+    /// The last position examined (delivered or filtered out); `None` before any, for `Now`.
+    after: Option<Position>,
+    replayed: VecDeque<Arc<RecordedEvent>>,
+    /// The pump's position when subscribing: where a `Now` subscription that lags resumes.
+    joined: Position,
+}
+
+impl Subscription {
+    pub(super) fn new(shared: Arc<Shared>, filter: Filter, start: Start) -> Self {
+        let live = shared.events.subscribe();
+        let joined = *shared.delivered.borrow();
+        let (phase, after) = match start {
+            Start::Now => (Phase::Live, None),
+            Start::Beginning => (Phase::Replay, Some(Position::START)),
+            Start::After(p) => (Phase::Replay, Some(p)),
+        };
+        let state = State { shared, filter, live, phase, after, replayed: VecDeque::new(), joined };
+        let inner = futures::stream::unfold(state, |mut state| async move {
+            let item = state.next().await?;
+            Some((item, state))
+        });
+        Subscription { inner: Box::pin(inner) }
+    }
+}
+
+impl State {
+    async fn next(&mut self) -> Option<Result<Arc<RecordedEvent>, BusError>> {
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Replay => {
+                    if let Some(event) = self.replayed.pop_front() {
+                        return Some(Ok(event));
+                    }
+                    let after = self.after.unwrap_or(Position::START);
+                    self.shared.stats.catch_up_reads.fetch_add(1, Ordering::Relaxed);
+                    let page = match self.shared.store.read_all(after, REPLAY_PAGE).await {
+                        Ok(page) => page,
+                        Err(err) => {
+                            self.phase = Phase::Done;
+                            return Some(Err(BusError::Store(err.to_string())));
+                        }
+                    };
+                    if page.is_empty() {
+                        self.phase = Phase::Live;
+                        continue;
+                    }
+                    for event in page {
+                        self.after = Some(event.position);
+                        if self.filter.matches(&event) {
+                            self.replayed.push_back(Arc::new(event));
+                        }
+                    }
+                }
+                Phase::Live => {
+                    let received = tokio::select! {
+                        received = self.live.recv() => received,
+                        _ = self.shared.shutdown.cancelled() => {
+                            self.phase = Phase::Done;
+                            return Some(Err(BusError::Closed));
+                        }
+                    };
+                    match received {
+                        Ok(event) => {
+                            if self.after.is_some_and(|a| event.position <= a) {
+                                continue;
+                            }
+                            self.after = Some(event.position);
+                            if self.filter.matches(&event) {
+                                return Some(Ok(event));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            self.phase = Phase::Done;
+                            let last = self.after.unwrap_or(self.joined);
+                            return Some(Err(BusError::Lagged { last }));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            self.phase = Phase::Done;
+                            return Some(Err(BusError::Closed));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Arc<RecordedEvent>, BusError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
