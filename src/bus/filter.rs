@@ -70,7 +70,7 @@ impl FieldMatch {
 impl Filter {
     /// Whether `event` passes every condition.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        (self.types.is_empty() || self.types.iter().any(|t| *t == event.event_type))
+        (self.types.is_empty() || self.types.contains(&event.event_type))
             && self.stream.as_ref().is_none_or(|s| *s == event.stream)
             && self.stream_prefix.as_ref().is_none_or(|p| event.stream.starts_with(p.as_str()))
             && self.fields.iter().all(|f| f.matches(&event.data))
@@ -78,6 +78,7 @@ impl Filter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

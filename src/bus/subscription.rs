@@ -1,10 +1,12 @@
 //! A subscription: an async stream of matching events, replayed from the store when it starts in
 //! the past, then live from the pump, with no gap and no duplicate at the seam.
 //!
-//! The seam: the subscription joins the broadcast *before* its replay starts. Every event the pump
-//! broadcast earlier was read below a visibility horizon that the replay's last read has also
-//! passed (horizons only move forward), so the replay includes it; every later event is in the
-//! broadcast queue. Live events at or before the replay's last position are skipped.
+//! The seam: the subscription replays until it has caught up with the log, *then* joins the
+//! broadcast, then replays again until caught up. Every event the pump broadcast before the join
+//! was read below a visibility horizon that this second replay's last read has also passed
+//! (horizons only move forward), so the replay includes it; every later event is in the broadcast
+//! queue. Live events at or before the replay's last position are skipped. Joining only after the
+//! bulk of the replay keeps a long replay from overflowing the subscriber's live queue.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -55,7 +57,8 @@ enum Phase {
 struct State {
     shared: Arc<Shared>,
     filter: Filter,
-    live: broadcast::Receiver<Arc<RecordedEvent>>,
+    /// Joined at the start for `Now`, after the first catch-up for replays.
+    live: Option<broadcast::Receiver<Arc<RecordedEvent>>>,
     phase: Phase,
     /// The last position examined (delivered or filtered out); `None` before any, for `Now`.
     after: Option<Position>,
@@ -66,12 +69,11 @@ struct State {
 
 impl Subscription {
     pub(super) fn new(shared: Arc<Shared>, filter: Filter, start: Start) -> Self {
-        let live = shared.events.subscribe();
         let joined = *shared.delivered.borrow();
-        let (phase, after) = match start {
-            Start::Now => (Phase::Live, None),
-            Start::Beginning => (Phase::Replay, Some(Position::START)),
-            Start::After(p) => (Phase::Replay, Some(p)),
+        let (phase, after, live) = match start {
+            Start::Now => (Phase::Live, None, Some(shared.events.subscribe())),
+            Start::Beginning => (Phase::Replay, Some(Position::START), None),
+            Start::After(p) => (Phase::Replay, Some(p), None),
         };
         let state = State { shared, filter, live, phase, after, replayed: VecDeque::new(), joined };
         let inner = futures::stream::unfold(state, |mut state| async move {
@@ -101,7 +103,11 @@ impl State {
                         }
                     };
                     if page.is_empty() {
-                        self.phase = Phase::Live;
+                        if self.live.is_none() {
+                            self.live = Some(self.shared.events.subscribe());
+                        } else {
+                            self.phase = Phase::Live;
+                        }
                         continue;
                     }
                     for event in page {
@@ -112,8 +118,12 @@ impl State {
                     }
                 }
                 Phase::Live => {
+                    let Some(live) = self.live.as_mut() else {
+                        self.phase = Phase::Done;
+                        continue;
+                    };
                     let received = tokio::select! {
-                        received = self.live.recv() => received,
+                        received = live.recv() => received,
                         _ = self.shared.shutdown.cancelled() => {
                             self.phase = Phase::Done;
                             return Some(Err(BusError::Closed));
