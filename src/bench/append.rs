@@ -32,14 +32,7 @@ use workload::{Case, Tally};
 const BENCH_DB: &str = "flightdeck_bench";
 
 /// The order of the halves: each case once forwards, once backwards.
-const ORDER: [Case; 6] = [
-    Case::Plain,
-    Case::Direct,
-    Case::Pool,
-    Case::Pool,
-    Case::Direct,
-    Case::Plain,
-];
+const ORDER: [Case; 6] = [Case::Plain, Case::Direct, Case::Pool, Case::Pool, Case::Direct, Case::Plain];
 
 /// The issue's target: FlightDeck at 16 writers × 1 event per append reaches this fraction of the
 /// plain-INSERT baseline.
@@ -85,16 +78,11 @@ struct Plan {
 impl Plan {
     fn new(args: &BenchAppendArgs) -> Result<Self, BenchError> {
         if !args.seconds.is_finite() || args.seconds < 0.2 || args.seconds > 3600.0 {
-            return Err(BenchError::Usage(format!(
-                "--seconds must be between 0.2 and 3600, not {}",
-                args.seconds
-            )));
+            return Err(BenchError::Usage(format!("--seconds must be between 0.2 and 3600, not {}", args.seconds)));
         }
         let check = |name: &str, values: &[usize], max: usize| {
             if values.is_empty() || values.iter().any(|&v| v == 0 || v > max) {
-                Err(BenchError::Usage(format!(
-                    "--{name} takes numbers from 1 to {max}, e.g. 1,4,16"
-                )))
+                Err(BenchError::Usage(format!("--{name} takes numbers from 1 to {max}, e.g. 1,4,16")))
             } else {
                 Ok(values.to_vec())
             }
@@ -146,18 +134,12 @@ pub async fn run(config: Config, args: &BenchAppendArgs) -> Result<(), BenchErro
     eprintln!("bench: {}", facts.join(", "));
     // Separate statements: a multi-statement string runs as one transaction, which DROP DATABASE
     // refuses.
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {BENCH_DB}"))
-        .await?;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")).await?;
+    admin.batch_execute(&format!("CREATE DATABASE {BENCH_DB}")).await?;
     let mut bench_config = config.clone();
     bench_config.dbname(BENCH_DB);
     let result = measure(&bench_config, &plan).await;
-    let dropped = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
-        .await;
+    let dropped = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")).await;
     let rows = result?;
     dropped?;
     print_report(&facts, args.seconds, &rows);
@@ -168,10 +150,7 @@ pub async fn run(config: Config, args: &BenchAppendArgs) -> Result<(), BenchErro
 async fn server_facts(admin: &Client, plan: &Plan) -> Result<Vec<String>, BenchError> {
     let mut facts = Vec::new();
     let mut setting = async |name: &str| -> Result<String, BenchError> {
-        let value: String = admin
-            .query_one(&format!("SHOW {name}"), &[])
-            .await?
-            .try_get(0)?;
+        let value: String = admin.query_one(&format!("SHOW {name}"), &[]).await?.try_get(0)?;
         facts.push(format!("{name}={value}"));
         Ok(value)
     };
@@ -185,10 +164,7 @@ async fn server_facts(admin: &Client, plan: &Plan) -> Result<Vec<String>, BenchE
     facts.push(format!("client cores={cores}"));
     // Peak: the pool (max writers + 4) stays open while dedicated writer connections run.
     let needed = 2 * plan.max_writers() + 10;
-    if max_connections
-        .parse::<usize>()
-        .is_ok_and(|max| max < needed)
-    {
+    if max_connections.parse::<usize>().is_ok_and(|max| max < needed) {
         return Err(BenchError::Usage(format!(
             "the server allows {max_connections} connections; {} writers need about {needed}",
             plan.max_writers()
@@ -207,26 +183,15 @@ async fn measure(config: &Config, plan: &Plan) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
     for &batch in &plan.batches {
         for &writers in &plan.writers {
-            let mut row = Row {
-                writers,
-                batch,
-                plain: Tally::default(),
-                direct: Tally::default(),
-                pool: Tally::default(),
-            };
+            let mut row =
+                Row { writers, batch, plain: Tally::default(), direct: Tally::default(), pool: Tally::default() };
             for (i, case) in ORDER.into_iter().enumerate() {
-                client
-                    .batch_execute(
-                        "TRUNCATE flightdeck.events, public.bench_plain RESTART IDENTITY",
-                    )
-                    .await?;
+                client.batch_execute("TRUNCATE flightdeck.events, public.bench_plain RESTART IDENTITY").await?;
                 if checkpoint && let Err(e) = client.batch_execute("CHECKPOINT").await {
                     eprintln!("bench: cannot CHECKPOINT between cases ({e}); continuing without");
                     checkpoint = false;
                 }
-                let tally =
-                    workload::segment(case, writers, batch, plan.warmup, plan.half, config, &store)
-                        .await?;
+                let tally = workload::segment(case, writers, batch, plan.warmup, plan.half, config, &store).await?;
                 eprintln!(
                     "bench: {writers:>2} writers × {batch:>3} events, half {}/6, {:<24} {:>9.0} events/s ({} appends)",
                     i + 1,
@@ -248,19 +213,16 @@ async fn measure(config: &Config, plan: &Plan) -> Result<Vec<Row>, BenchError> {
 
 /// Creates `bench_plain` like `flightdeck.events` and checks that the copy is faithful.
 async fn prepare_baseline(client: &Client) -> Result<(), BenchError> {
-    client
-        .batch_execute("CREATE TABLE public.bench_plain (LIKE flightdeck.events INCLUDING ALL)")
-        .await?;
+    client.batch_execute("CREATE TABLE public.bench_plain (LIKE flightdeck.events INCLUDING ALL)").await?;
     let shape = "SELECT (SELECT count(*) FROM pg_index WHERE indrelid = $1::text::regclass), \
                         (SELECT count(*) FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'c'), \
                         (SELECT string_agg(attname || ':' || attidentity::text, ',' ORDER BY attnum) \
                          FROM pg_attribute WHERE attrelid = $1::text::regclass AND attidentity <> '')";
     let events = client.query_one(shape, &[&"flightdeck.events"]).await?;
     let plain = client.query_one(shape, &[&"public.bench_plain"]).await?;
-    let read =
-        |row: &tokio_postgres::Row| -> Result<(i64, i64, Option<String>), tokio_postgres::Error> {
-            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-        };
+    let read = |row: &tokio_postgres::Row| -> Result<(i64, i64, Option<String>), tokio_postgres::Error> {
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    };
     let (events, plain) = (read(&events)?, read(&plain)?);
     if events != plain {
         return Err(BenchError::Usage(format!(
@@ -273,9 +235,7 @@ async fn prepare_baseline(client: &Client) -> Result<(), BenchError> {
 /// Prints the facts and the results table as Markdown.
 fn print_report(facts: &[String], seconds: f64, rows: &[Row]) {
     println!("Server and client: {}.", facts.join(", "));
-    println!(
-        "Each case: {seconds} s measured (two halves, order A B C C B A), one stream per writer."
-    );
+    println!("Each case: {seconds} s measured (two halves, order A B C C B A), one stream per writer.");
     println!();
     println!(
         "| writers | events per append | plain INSERT events/s | FlightDeck append events/s | ratio \
@@ -284,11 +244,7 @@ fn print_report(facts: &[String], seconds: f64, rows: &[Row]) {
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let ratio = |a: &Tally, b: &Tally| {
         let base = b.events_per_second();
-        if base > 0.0 {
-            a.events_per_second() / base
-        } else {
-            0.0
-        }
+        if base > 0.0 { a.events_per_second() / base } else { 0.0 }
     };
     for row in rows {
         println!(
@@ -303,10 +259,7 @@ fn print_report(facts: &[String], seconds: f64, rows: &[Row]) {
         );
     }
     let (writers, batch, target) = TARGET;
-    if let Some(row) = rows
-        .iter()
-        .find(|r| r.writers == writers && r.batch == batch)
-    {
+    if let Some(row) = rows.iter().find(|r| r.writers == writers && r.batch == batch) {
         let got = ratio(&row.direct, &row.plain);
         let verdict = if got >= target { "met" } else { "NOT met" };
         println!();
