@@ -258,3 +258,24 @@ async fn migrations_are_idempotent() {
     let applied: usize = runs.into_iter().map(|r| r.unwrap()).sum();
     assert_eq!(applied, 2);
 }
+
+#[tokio::test]
+async fn two_stores_appending_to_one_stream_never_collide_or_skip_versions() {
+    // Each Store remembers the versions it wrote; the other's appends make that memory stale.
+    let db = common::test_db().await;
+    let other = flightdeck::store::Store::new(db.config.clone(), 4).unwrap();
+    let stores = [&db.store, &other];
+    for i in 0..20usize {
+        let out = stores[i % 3 % 2].append("shared", ExpectedVersion::Any, &[ev("E", i as i64)]).await.unwrap();
+        assert_eq!(out.events[0].version, i as u64 + 1);
+    }
+    // A stale memory never makes an expected-version check pass wrongly…
+    db.store.append("shared", ExpectedVersion::Any, &[ev("E", 20)]).await.unwrap();
+    other.append("shared", ExpectedVersion::Any, &[ev("E", 21)]).await.unwrap();
+    let err = db.store.append("shared", ExpectedVersion::Exact(21), &[ev("E", 22)]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: 22, .. }), "{err:?}");
+    // …nor fail a right one.
+    db.store.append("shared", ExpectedVersion::Exact(22), &[ev("E", 22)]).await.unwrap();
+    let versions: Vec<u64> = db.store.read_stream("shared", 1, 100).await.unwrap().iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=23).collect::<Vec<_>>());
+}

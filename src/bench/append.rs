@@ -238,8 +238,8 @@ fn print_report(facts: &[String], seconds: f64, rows: &[Row]) {
     println!("Each case: {seconds} s measured (two halves, order A B C C B A), one stream per writer.");
     println!();
     println!(
-        "| writers | events per append | plain INSERT events/s | FlightDeck append events/s | ratio \
-         | Store::append (pool) events/s | pool ratio |"
+        "| writers | events per append | plain INSERT events/s | Store::append (server path) events/s | ratio \
+         | append_in (caller's transaction) events/s | ratio |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let ratio = |a: &Tally, b: &Tally| {
@@ -252,19 +252,21 @@ fn print_report(facts: &[String], seconds: f64, rows: &[Row]) {
             row.writers,
             row.batch,
             row.plain.events_per_second(),
-            row.direct.events_per_second(),
-            ratio(&row.direct, &row.plain),
             row.pool.events_per_second(),
             ratio(&row.pool, &row.plain),
+            row.direct.events_per_second(),
+            ratio(&row.direct, &row.plain),
         );
     }
     let (writers, batch, target) = TARGET;
     if let Some(row) = rows.iter().find(|r| r.writers == writers && r.batch == batch) {
-        let got = ratio(&row.direct, &row.plain);
+        // The target is about the server's own append path.
+        let got = ratio(&row.pool, &row.plain);
         let verdict = if got >= target { "met" } else { "NOT met" };
         println!();
         println!(
-            "Target ({writers} writers × {batch} event per append ≥ {target}x plain INSERT): {got:.2}x, {verdict}."
+            "Target (Store::append, {writers} writers × {batch} event per append ≥ {target}x plain INSERT): \
+             {got:.2}x, {verdict}."
         );
     }
 }

@@ -63,6 +63,8 @@ struct State {
     /// The last position examined (delivered or filtered out); `None` before any, for `Now`.
     after: Option<Position>,
     replayed: VecDeque<Arc<RecordedEvent>>,
+    /// Whether a live event has been handed out since joining the broadcast.
+    went_live: bool,
     /// The pump's position when subscribing: where a `Now` subscription that lags resumes.
     joined: Position,
 }
@@ -75,7 +77,7 @@ impl Subscription {
             Start::Beginning => (Phase::Replay, Some(Position::START), None),
             Start::After(p) => (Phase::Replay, Some(p), None),
         };
-        let state = State { shared, filter, live, phase, after, replayed: VecDeque::new(), joined };
+        let state = State { shared, filter, live, phase, after, replayed: VecDeque::new(), joined, went_live: false };
         let inner = futures::stream::unfold(state, |mut state| async move {
             let item = state.next().await?;
             Some((item, state))
@@ -104,7 +106,15 @@ impl State {
                     };
                     if page.is_empty() {
                         if self.live.is_none() {
+                            // Join once the pump has caught up with this replay, so the pump's own
+                            // catch-up (events this subscriber already has) cannot fill its queue.
+                            let mut delivered = self.shared.delivered.subscribe();
+                            tokio::select! {
+                                _ = delivered.wait_for(|p| *p >= after) => {}
+                                _ = self.shared.shutdown.cancelled() => {}
+                            }
                             self.live = Some(self.shared.events.subscribe());
+                            self.went_live = false;
                         } else {
                             self.phase = Phase::Live;
                         }
@@ -136,8 +146,15 @@ impl State {
                             }
                             self.after = Some(event.position);
                             if self.filter.matches(&event) {
+                                self.went_live = true;
                                 return Some(Ok(event));
                             }
+                        }
+                        // Overflow before anything live was handed out is the seam's doing (the pump
+                        // still sending what the replay already read): replay again from the store.
+                        Err(broadcast::error::RecvError::Lagged(_)) if !self.went_live && self.after.is_some() => {
+                            self.live = None;
+                            self.phase = Phase::Replay;
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => {
                             self.phase = Phase::Done;

@@ -8,9 +8,11 @@
 mod append;
 mod error;
 mod event;
+mod fast_append;
 mod migrate;
 mod position;
 mod read;
+mod versions;
 
 pub use append::append_in;
 pub use error::StoreError;
@@ -33,6 +35,7 @@ const APPEND_ATTEMPTS: u32 = 20;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    versions: std::sync::Arc<versions::Versions>,
 }
 
 impl std::fmt::Debug for Store {
@@ -53,7 +56,7 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Store { pool })
+        Ok(Store { pool, versions: Default::default() })
     }
 
     /// The connection pool, for callers that need a raw connection (e.g. to open a transaction
@@ -85,12 +88,19 @@ impl Store {
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
         // Fix the ids once, so that a retry after a lost answer is recognized as the same append.
-        let events: Vec<NewEvent> =
-            events.iter().map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() }).collect();
+        // (Copies only when an id is missing.)
+        let owned: Vec<NewEvent>;
+        let events = if events.iter().all(|e| e.id.is_some()) {
+            events
+        } else {
+            owned =
+                events.iter().map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() }).collect();
+            &owned
+        };
         let mut attempt = 0;
         loop {
             let client = self.pool.get().await?;
-            match append_in(&**client, stream, expected, &events).await {
+            match fast_append::append(&client, &self.versions, stream, expected, events).await {
                 Err(StoreError::Retry) if attempt + 1 < APPEND_ATTEMPTS => {
                     attempt += 1;
                     let jitter = rand::random::<u64>() % (1 + u64::from(attempt) * 2);

@@ -198,7 +198,8 @@ fn events(batch: usize, n: &mut u64) -> Vec<NewEvent> {
         .collect()
 }
 
-/// FlightDeck's append on a dedicated connection: what `Store::append` does minus the pool.
+/// [`append_in`] on a dedicated connection: the path for appends inside a caller's transaction
+/// (locked, checked plpgsql function), here in autocommit.
 async fn direct_writer(client: Client, stream: String, batch: usize, frame: Window) -> Result<Tally, BenchError> {
     let mut tally = Tally::default();
     let mut n = 0;
