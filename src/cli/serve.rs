@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bus::{Bus, BusOptions};
 use crate::http::{AppState, router};
 use crate::store::StoreError;
 
@@ -41,22 +42,35 @@ async fn run(
         .map_err(|source| CliError::Listen { addr: args.addr, source })?;
     let addr = listener.local_addr()?;
     let state = AppState::new(db.store.clone());
-    tasks.spawn(prepare_database(state.clone(), shutdown.clone()));
+    tasks.spawn(prepare_database(state.clone(), db.config.clone(), shutdown.clone(), tasks.clone()));
     // Logged and printed: scripts and tests wait for this line.
     tracing::info!(%addr, "FlightDeck listening on http://{addr}");
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
     Ok(())
 }
 
-/// Connects and migrates, retrying with capped exponential backoff and jitter while the database
+/// Connects, migrates and starts the bus, retrying with capped exponential backoff and jitter while the database
 /// is unreachable: a database that starts after FlightDeck is not a reason to die.
-async fn prepare_database(state: AppState, shutdown: CancellationToken) {
+async fn prepare_database(
+    state: AppState,
+    config: tokio_postgres::Config,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match state.store.migrate().await {
+        let prepared = match state.store.migrate().await {
             Ok(applied) => {
-                tracing::info!(applied, "database ready");
-                state.set_ready(true);
+                Bus::start(state.store.clone(), config.clone(), BusOptions::default(), shutdown.clone(), &tasks)
+                    .await
+                    .map(|bus| (applied, bus))
+            }
+            Err(err) => Err(err),
+        };
+        match prepared {
+            Ok((applied, bus)) => {
+                tracing::info!(applied, "database ready; delivering events");
+                state.set_bus(bus);
                 return;
             }
             Err(err @ (StoreError::Unavailable(_) | StoreError::Retry)) => {

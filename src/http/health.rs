@@ -11,11 +11,12 @@ pub(super) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The database is reachable and migrated, so requests can be served.
+/// The database is reachable and migrated and the listener connected, so events flow.
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if !state.is_ready() {
-        return Err(ApiError::unavailable("the database is not ready yet (FlightDeck is still connecting)"));
-    }
+    let bus = state.bus()?;
     state.store.ping().await?;
+    if !bus.listener_connected() {
+        return Err(ApiError::unavailable("the LISTEN connection is down; reconnecting"));
+    }
     Ok(Json(json!({"status": "ready"})))
 }

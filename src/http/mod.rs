@@ -1,44 +1,80 @@
-//! The HTTP face of FlightDeck, as an axum [`Router`] an application can mount in its own server.
+//! The HTTP face of FlightDeck, as an axum [`Router`] an application can mount in its own server:
+//! ingestion, reads, the Server-Sent Events stream, and health probes.
 
 mod error;
 mod health;
+mod ingest;
+mod read;
+mod sse;
 
 pub use error::ApiError;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
+use crate::bus::Bus;
 use crate::store::Store;
+
+/// Largest request body accepted by default (1 MiB).
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The event store.
     pub store: Store,
-    ready: Arc<AtomicBool>,
+    /// Set once the database is prepared and the bus runs; until then the API answers 503.
+    bus: Arc<OnceLock<Bus>>,
+    max_body: usize,
 }
 
 impl AppState {
-    /// State over `store`; not ready until [`AppState::set_ready`] (the schema is migrated).
+    /// State over `store`; not ready until [`AppState::set_bus`].
     pub fn new(store: Store) -> Self {
-        AppState { store, ready: Arc::new(AtomicBool::new(false)) }
+        AppState { store, bus: Arc::new(OnceLock::new()), max_body: DEFAULT_MAX_BODY }
     }
 
-    /// Marks the database as prepared (reachable and migrated) or not.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+    /// State for an application that runs its own bus.
+    pub fn with_bus(bus: Bus) -> Self {
+        let state = AppState::new(bus.store().clone());
+        state.set_bus(bus);
+        state
     }
 
-    /// Whether the database has been prepared.
+    /// Sets the largest accepted request body, in bytes.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Makes the API ready: the database is migrated and `bus` delivers events.
+    pub fn set_bus(&self, bus: Bus) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Whether the database has been prepared and the bus started.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.bus.get().is_some()
+    }
+
+    /// The bus, or a 503 while FlightDeck is still starting.
+    pub(crate) fn bus(&self) -> Result<&Bus, ApiError> {
+        self.bus.get().ok_or_else(|| ApiError::unavailable("FlightDeck is still connecting to its database"))
     }
 }
 
 /// FlightDeck's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz)).with_state(state)
+    let max_body = state.max_body;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/events", get(sse::stream).post(ingest::ingest))
+        .route("/api/events/{id}", get(read::event))
+        .route("/api/streams/{stream}", get(read::stream))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
 }

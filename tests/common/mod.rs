@@ -87,3 +87,4 @@ pub async fn settle(store: &Store, position: flightdeck::store::Position) {
     }
 }
 pub mod process;
+pub mod sse;

@@ -1,0 +1,131 @@
+//! `POST /api/events`: one event object, or an array of events appended atomically to one stream.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::store::{ExpectedVersion, NewEvent, metadata_object};
+
+use super::{ApiError, AppState};
+
+pub(super) async fn ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            message: "send events as JSON with `Content-Type: application/json`".into(),
+        });
+    }
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message: format!("the request body is larger than the limit of {} bytes", state_limit(&state)),
+        },
+        other => ApiError::bad_request("bad_body", other.body_text()),
+    })?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let items = match value {
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::bad_request("invalid_event", "the array is empty: send at least one event"));
+        }
+        Value::Array(items) => items,
+        object @ Value::Object(_) => vec![object],
+        _ => return Err(ApiError::bad_request("invalid_event", "send an event object or an array of event objects")),
+    };
+    let (stream, expected, events) = parse_events(items)?;
+    let bus = state.bus()?;
+    let out = bus.append(&stream, expected, &events).await?;
+    let status = if out.already_stored { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({ "events": out.events }))))
+}
+
+fn state_limit(state: &AppState) -> usize {
+    state.max_body
+}
+
+/// Turns the request's event objects into one append, naming the field and index of any problem.
+fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEvent>), ApiError> {
+    let many = items.len() > 1;
+    let mut stream: Option<String> = None;
+    let mut expected: Option<ExpectedVersion> = None;
+    let mut events = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = if many { format!("events[{i}].") } else { String::new() };
+        let bad = |msg: String| ApiError::bad_request("invalid_event", msg);
+        let Value::Object(mut object) = item else {
+            return Err(bad(format!("{}: each event must be a JSON object", at.trim_end_matches('.'))));
+        };
+        let this_stream = take_string(&mut object, "stream", &at)?;
+        let event_type = take_string(&mut object, "type", &at)?;
+        let data = object.remove("data").ok_or_else(|| bad(format!("{at}data is missing (any JSON value)")))?;
+        let metadata = match object.remove("metadata") {
+            None => Map::new(),
+            Some(m) => metadata_object(m).map_err(|e| bad(format!("{at}{e}")))?,
+        };
+        let id = match object.remove("id") {
+            None | Some(Value::Null) => Some(Uuid::now_v7()),
+            Some(Value::String(s)) => {
+                Some(Uuid::parse_str(&s).map_err(|_| bad(format!("{at}id {s:?} is not a UUID")))?)
+            }
+            Some(_) => return Err(bad(format!("{at}id must be a UUID string"))),
+        };
+        let this_expected = match object.remove("expectedVersion") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(0) => Some(ExpectedVersion::NoStream),
+                Some(n) => Some(ExpectedVersion::Exact(n)),
+                None => {
+                    return Err(bad(format!("{at}expectedVersion must be a version number, \"any\" or \"no-stream\"")));
+                }
+            },
+            Some(Value::String(s)) => Some(s.parse().map_err(|e| bad(format!("{at}expectedVersion: {e}")))?),
+            Some(_) => {
+                return Err(bad(format!("{at}expectedVersion must be a version number, \"any\" or \"no-stream\"")));
+            }
+        };
+        if let Some(unknown) = object.keys().next() {
+            return Err(bad(format!(
+                "{at}{unknown} is not an event field (fields: stream, type, data, metadata, id, expectedVersion)"
+            )));
+        }
+        match &stream {
+            None => stream = Some(this_stream),
+            Some(s) if *s != this_stream => {
+                return Err(bad(format!("{at}stream: all events of one request must go to the same stream ({s:?})")));
+            }
+            Some(_) => {}
+        }
+        if let Some(e) = this_expected {
+            if expected.is_some_and(|prev| prev != e) || (i > 0 && expected.is_none()) {
+                return Err(bad(format!("{at}expectedVersion: give it once, on the first event")));
+            }
+            expected = Some(e);
+        }
+        events.push(NewEvent { id, event_type, data, metadata });
+    }
+    let stream = stream.unwrap_or_default();
+    Ok((stream, expected.unwrap_or_default(), events))
+}
+
+fn take_string(object: &mut Map<String, Value>, field: &str, at: &str) -> Result<String, ApiError> {
+    match object.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        None => Err(ApiError::bad_request("invalid_event", format!("{at}{field} is missing"))),
+        Some(_) => Err(ApiError::bad_request("invalid_event", format!("{at}{field} must be a string"))),
+    }
+}

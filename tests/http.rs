@@ -1,0 +1,266 @@
+//! The HTTP API over real sockets: ingestion, reads, errors, and the SSE stream with filters,
+//! resume and replay.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::sse::SseClient;
+use flightdeck::bus::{Bus, BusOptions};
+use flightdeck::http::{AppState, router};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct App {
+    base: String,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    http: reqwest::Client,
+}
+
+impl App {
+    async fn start(db: &common::TestDb) -> App {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let bus = Bus::start(db.store.clone(), db.config.clone(), BusOptions::default(), shutdown.clone(), &tasks)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(AppState::with_bus(bus).max_body(256 * 1024));
+        let stop = shutdown.clone();
+        tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+        App { base, shutdown, tasks, http: reqwest::Client::new() }
+    }
+
+    async fn post(&self, body: Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}/api/events", self.base)).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        tokio::time::timeout(Duration::from_secs(20), self.tasks.wait()).await.expect("server stops");
+    }
+}
+
+#[tokio::test]
+async fn ingest_then_read_back() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    let (status, body) = app
+        .post(json!({"stream": "s-1", "type": "PageViewed", "data": {"pageId": "home"}, "metadata": {"c": 1}}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let created = &body["events"][0];
+    assert_eq!(created["stream"], "s-1");
+    assert_eq!(created["version"], 1);
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["position"].as_str().unwrap().len(), 32);
+
+    let (status, event) = app.get(&format!("/api/events/{id}")).await;
+    assert_eq!(status, 200);
+    for field in ["id", "position", "stream", "version", "type", "data", "metadata", "timestamp"] {
+        assert!(event.get(field).is_some(), "{field} in {event}");
+    }
+    assert_eq!(event["data"]["pageId"], "home");
+
+    // An array is one atomic append to one stream; a retried request stores nothing new.
+    let batch = json!([
+        {"stream": "s-1", "type": "Click", "data": 1, "id": "01a21b54-1abe-7246-b1b7-00e293ce98a5", "expectedVersion": 1},
+        {"stream": "s-1", "type": "Click", "data": 2, "id": "01a21b54-1abe-7246-b1b7-00e293ce98a6"}
+    ]);
+    let (status, body) = app.post(batch.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["events"].as_array().unwrap().len(), 2);
+    let (status, again) = app.post(batch).await;
+    assert_eq!(status, 200, "a retry answers 200 with what was stored: {again}");
+    assert_eq!(again["events"], body["events"]);
+    // Without ids, a resent event is a new event: the id is what makes a retry recognizable.
+
+    let (status, stream) = app.get("/api/streams/s-1?fromVersion=2&limit=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(stream["events"].as_array().unwrap().len(), 1);
+    assert_eq!(stream["events"][0]["version"], 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    app.post(json!({"stream": "c", "type": "A", "data": {}})).await;
+    let raw = |body: &str, content_type: &str| {
+        app.http.post(app.url("/api/events")).header("content-type", content_type).body(body.to_string())
+    };
+    // (request, status, code, words in the message)
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str, &str)> = vec![
+        (raw("{not json", "application/json"), 400, "malformed_json", "not valid JSON"),
+        (raw(r#"{"type":"A","data":1}"#, "application/json"), 400, "invalid_event", "stream is missing"),
+        (raw(r#"{"stream":"s","type":5,"data":1}"#, "application/json"), 400, "invalid_event", "type must be a string"),
+        (raw(r#"{"stream":"s","type":"A"}"#, "application/json"), 400, "invalid_event", "data is missing"),
+        (
+            raw(r#"{"stream":"s","type":"A","data":1,"metadata":[1]}"#, "application/json"),
+            400,
+            "invalid_event",
+            "metadata must be a JSON object",
+        ),
+        (raw(r#"{"stream":"","type":"A","data":1}"#, "application/json"), 400, "invalid_event", "stream id is empty"),
+        (
+            raw(r#"{"stream":"s","type":"A","data":1,"id":"x"}"#, "application/json"),
+            400,
+            "invalid_event",
+            "is not a UUID",
+        ),
+        (
+            raw(r#"{"stream":"s","type":"A","data":1,"colour":1}"#, "application/json"),
+            400,
+            "invalid_event",
+            "colour is not an event field",
+        ),
+        (
+            raw(r#"[{"stream":"a","type":"A","data":1},{"stream":"b","type":"A","data":1}]"#, "application/json"),
+            400,
+            "invalid_event",
+            "events[1].stream",
+        ),
+        (raw("[]", "application/json"), 400, "invalid_event", "empty"),
+        (
+            raw(r#"{"stream":"c","type":"A","data":1,"expectedVersion":5}"#, "application/json"),
+            409,
+            "version_conflict",
+            "at version 1, but the append expected 5",
+        ),
+        (raw(r#"{"stream":"s","type":"A","data":1}"#, "text/plain"), 415, "unsupported_media_type", "application/json"),
+        (
+            raw(&format!(r#"{{"stream":"s","type":"A","data":"{}"}}"#, "x".repeat(300 * 1024)), "application/json"),
+            413,
+            "too_large",
+            "limit",
+        ),
+    ];
+    for (i, (request, status, code, words)) in cases.into_iter().enumerate() {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "case {i}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "case {i}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(words), "case {i}: {body}");
+    }
+    let (status, body) = app.get("/api/events/01a21b54-1abe-7246-b1b7-00e293ce98a5").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, _) = app.get("/api/events/nope").await;
+    assert_eq!(status, 400);
+    let (status, body) = app.get("/api/streams/c?limit=0").await;
+    assert_eq!(status, 400, "{body}");
+    // SSE parameters are checked before the stream starts.
+    for query in ["from=yesterday", "where=pageId:home", "colour=red"] {
+        let (status, body) = app.get(&format!("/api/events?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"]["message"].is_string());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sse_delivers_filtered_events_with_positions_as_ids() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    let mut all = SseClient::connect(&app.url("/api/events"), None).await;
+    let first = all.next().await.unwrap();
+    assert_eq!(first.retry, Some(1000), "a retry hint comes first");
+    let mut home = SseClient::connect(&app.url("/api/events?types=PageViewed&where=data.pageId:home"), None).await;
+    let mut prefix = SseClient::connect(&app.url("/api/events?streamPrefix=session-"), None).await;
+    for (stream, ty, page) in [
+        ("session-1", "PageViewed", "home"),
+        ("other", "PageViewed", "home"),
+        ("session-2", "Click", "home"),
+        ("session-1", "PageViewed", "about"),
+    ] {
+        let (status, _) = app.post(json!({"stream": stream, "type": ty, "data": {"pageId": page}})).await;
+        assert_eq!(status, 201);
+    }
+    let got = all.events(4).await;
+    for (id, envelope) in &got {
+        assert_eq!(id, envelope["position"].as_str().unwrap(), "id: is the position");
+    }
+    let homes = home.events(2).await;
+    assert_eq!(
+        homes.iter().map(|(_, e)| e["stream"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec!["session-1", "other"]
+    );
+    let prefixed = prefix.events(3).await;
+    assert!(prefixed.iter().all(|(_, e)| e["stream"].as_str().unwrap().starts_with("session-")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn resume_with_last_event_id_and_replay_from_start() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    let mut sse = SseClient::connect(&app.url("/api/events"), None).await;
+    for i in 0..5 {
+        app.post(json!({"stream": "r", "type": "E", "data": i})).await;
+    }
+    let seen = sse.events(5).await;
+    drop(sse);
+    let last_seen = seen[2].0.clone();
+    // Missed while disconnected.
+    for i in 5..8 {
+        app.post(json!({"stream": "r", "type": "E", "data": i})).await;
+    }
+    let mut resumed = SseClient::connect(&app.url("/api/events?from=now"), Some(&last_seen)).await;
+    let got = resumed.events(5).await;
+    assert_eq!(got.iter().map(|(_, e)| e["data"].as_i64().unwrap()).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
+
+    // from=start replays everything, then continues live with no gap or duplicate.
+    let mut replay = SseClient::connect(&app.url("/api/events?from=start"), None).await;
+    let writer = {
+        let http = app.http.clone();
+        let url = app.url("/api/events");
+        tokio::spawn(async move {
+            for i in 8..40 {
+                http.post(&url).json(&json!({"stream": "r", "type": "E", "data": i})).send().await.unwrap();
+            }
+        })
+    };
+    let got = replay.events(40).await;
+    writer.await.unwrap();
+    assert_eq!(got.iter().map(|(_, e)| e["data"].as_i64().unwrap()).collect::<Vec<_>>(), (0..40).collect::<Vec<_>>());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_100_kib_event_arrives_whole() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    let mut sse = SseClient::connect(&app.url("/api/events"), None).await;
+    let blob = "y".repeat(100 * 1024);
+    let (status, _) = app.post(json!({"stream": "big", "type": "Big", "data": {"blob": blob}})).await;
+    assert_eq!(status, 201);
+    let got = sse.events(1).await;
+    assert_eq!(got[0].1["data"]["blob"].as_str().unwrap().len(), 100 * 1024);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    let mut sse = SseClient::connect(&app.url("/api/events"), None).await;
+    assert!(sse.next().await.is_some());
+    let ended = tokio::spawn(async move { sse.next().await });
+    app.stop().await;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), ended).await.unwrap().unwrap(), None);
+}
