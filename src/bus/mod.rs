@@ -24,7 +24,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{AppendOutcome, ExpectedVersion, NewEvent, Position, RecordedEvent, Store, StoreError};
+use crate::store::{AppendOutcome, ExpectedVersion, GroupCommit, NewEvent, Position, RecordedEvent, Store, StoreError};
 
 /// The NOTIFY channel FlightDeck's wake-ups travel on.
 pub const CHANNEL: &str = "flightdeck_events";
@@ -80,6 +80,28 @@ pub struct BusStats {
     pub catch_up_reads: AtomicU64,
     /// Whether the listener connection is up (1) or not (0).
     pub listener_connected: AtomicU64,
+    /// Events newly written by [`Bus::append`] (a retry that stored nothing new is not counted).
+    pub appended: AtomicU64,
+    /// Open Server-Sent Events streams (kept by the HTTP layer).
+    pub sse_subscribers: AtomicU64,
+    /// Delivery lag of each event the pump broadcast (broadcast time minus the event's stored
+    /// timestamp): counts per bucket of [`BusStats::LAG_BUCKETS`], the last one for larger lags.
+    pub delivery_lag_buckets: [AtomicU64; BusStats::LAG_BUCKETS.len() + 1],
+    /// Sum of the delivery lags counted in `delivery_lag_buckets`, in microseconds.
+    pub delivery_lag_micros: AtomicU64,
+}
+
+impl BusStats {
+    /// Upper bounds, in seconds, of the delivery lag histogram's buckets.
+    pub const LAG_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+    /// Counts one event delivered `lag` after it was stored.
+    pub(crate) fn observe_lag(&self, lag: Duration) {
+        let secs = lag.as_secs_f64();
+        let bucket = Self::LAG_BUCKETS.iter().position(|le| secs <= *le).unwrap_or(Self::LAG_BUCKETS.len());
+        self.delivery_lag_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.delivery_lag_micros.fetch_add(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct Shared {
@@ -94,6 +116,8 @@ pub(crate) struct Shared {
     local: watch::Sender<Position>,
     wake: Notify,
     stats: BusStats,
+    /// Appends made through the bus share transactions (see `store::GroupCommit`).
+    committer: GroupCommit,
     shutdown: CancellationToken,
 }
 
@@ -141,6 +165,7 @@ impl Bus {
     ) -> Result<Bus, StoreError> {
         let head = store.head().await?;
         let (events, _) = broadcast::channel(options.subscriber_queue.max(16));
+        let committer = GroupCommit::start(store.clone(), 2, shutdown.clone(), tasks);
         let shared = Arc::new(Shared {
             store,
             options,
@@ -150,6 +175,7 @@ impl Bus {
             local: watch::Sender::new(head),
             wake: Notify::new(),
             stats: BusStats::default(),
+            committer,
             shutdown,
         });
         tasks.spawn(pump::run(shared.clone()));
@@ -166,7 +192,10 @@ impl Bus {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
-        let out = self.shared.store.append(stream, expected, events).await?;
+        let out = self.shared.committer.append(stream, expected, events).await?;
+        if !out.already_stored {
+            self.shared.stats.appended.fetch_add(out.events.len() as u64, Ordering::Relaxed);
+        }
         if let Some(last) = out.events.iter().map(|e| e.position).max() {
             self.hint(last);
         }

@@ -49,7 +49,10 @@ async fn drain(shared: &Shared, position: &mut Position) -> Result<(), StoreErro
             *position = last.position;
         }
         shared.stats.delivered.fetch_add(page.len() as u64, Ordering::Relaxed);
+        let now = chrono::Utc::now();
         for event in page {
+            // A database clock ahead of ours would make the lag negative: counted as zero.
+            shared.stats.observe_lag((now - event.timestamp).to_std().unwrap_or_default());
             // No receivers is fine: nobody is subscribed right now.
             let _ = shared.events.send(Arc::new(event));
         }

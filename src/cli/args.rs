@@ -47,6 +47,8 @@ pub enum Command {
     Append(AppendArgs),
     /// Print a stream, or the global log from a position, as JSON lines (one event per line).
     Read(ReadArgs),
+    /// Follow the live log: print each new event as it is committed, until Ctrl-C.
+    Tail(TailArgs),
     /// Measure performance against the configured database.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -98,6 +100,31 @@ pub struct ReadArgs {
     /// Print at most this many events.
     #[arg(long)]
     pub limit: Option<u64>,
+}
+
+/// `flightdeck tail`.
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    /// Only these event types (comma-separated or repeated), e.g. `--types OrderPlaced,OrderShipped`.
+    #[arg(long, value_delimiter = ',', value_name = "TYPE,...")]
+    pub types: Vec<String>,
+    /// Only events whose data has this field value, e.g. `--where data.pageId:home` (repeatable;
+    /// all must match). The value is JSON when it parses as a scalar (`42`, `true`), else text.
+    #[arg(long = "where", value_name = "data.FIELD:VALUE")]
+    pub where_: Vec<String>,
+    /// Only this stream.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only streams whose id starts with this prefix, e.g. `session-`.
+    #[arg(long)]
+    pub stream_prefix: Option<String>,
+    /// Where to start: `now` (only new events), `start` (the whole log, then live), or a
+    /// position (events after it, then live).
+    #[arg(long, default_value = "now")]
+    pub from: String,
+    /// Print each event's full envelope as one JSON line instead of a human-readable line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `flightdeck bench …`.

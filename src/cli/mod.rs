@@ -5,6 +5,7 @@ pub mod args;
 mod commands;
 pub mod database;
 mod serve;
+mod tail;
 
 pub use args::Cli;
 
@@ -50,6 +51,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Migrate => commands::migrate(&cli.database).await,
         Command::Append(args) => commands::append(&cli.database, &args).await,
         Command::Read(args) => commands::read(&cli.database, &args).await,
+        Command::Tail(args) => tail::tail(&cli.database, &args).await,
         Command::Bench(BenchCommand::Append(args)) => commands::bench_append(&cli.database, &args).await,
     }
 }

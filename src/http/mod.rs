@@ -4,6 +4,7 @@
 mod error;
 mod health;
 mod ingest;
+mod metrics;
 mod read;
 mod sse;
 
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/events", get(sse::stream).post(ingest::ingest))
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))

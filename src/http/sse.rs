@@ -38,7 +38,9 @@ pub(super) async fn stream(
             );
         }
     }
-    let subscription = state.bus()?.subscribe(filter, start);
+    let bus = state.bus()?;
+    let subscription = bus.subscribe(filter, start);
+    let gauge = super::metrics::SubscriberGauge::sse(bus);
     let retry = futures::stream::once(async { Ok(Event::default().retry(RETRY).comment("flightdeck")) });
     let events = subscription
         .take_while(|item| {
@@ -55,7 +57,7 @@ pub(super) async fn stream(
             });
             futures::future::ready(frame)
         });
-    Ok(Sse::new(retry.chain(events)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Ok(Sse::new(gauge.track(retry.chain(events))).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
 /// Parses `types=A,B&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>`.

@@ -21,28 +21,47 @@ use super::event::validate_append;
 use super::versions::Versions;
 use super::{AppendOutcome, AppendedEvent, ExpectedVersion, NewEvent, Position, StoreError, append_in};
 
-/// One event: the stream's last version (if any) joined so that a new stream still yields a row.
-const ONE_SQL: &str = "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
-     SELECT $1, $2, coalesce(last.version, 0) + 1, $4, $5, $6 FROM (SELECT) AS one \
-     LEFT JOIN LATERAL (SELECT l.version FROM flightdeck.events l WHERE l.stream_id = $2 \
-                        ORDER BY l.version DESC LIMIT 1) last ON true \
-     WHERE $3::int8 IS NULL OR $3 = coalesce(last.version, 0) \
-     RETURNING e.version, e.xid::text, e.seq";
+/// Builds the statement for one event and for a batch. The last version (if any) is joined so that
+/// a new stream still yields a row. `$check` is extra SQL for the WHERE clause.
+macro_rules! statements {
+    ($check:literal) => {
+        (
+            concat!(
+                "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
+                 SELECT $1, $2, coalesce(last.version, 0) + 1, $4, $5, $6 FROM (SELECT) AS one \
+                 LEFT JOIN LATERAL (SELECT l.version, l.xid FROM flightdeck.events l WHERE l.stream_id = $2 \
+                                    ORDER BY l.version DESC LIMIT 1) last ON true \
+                 WHERE ($3::int8 IS NULL OR $3 = coalesce(last.version, 0)) ",
+                $check,
+                " RETURNING e.id, e.version, e.xid::text, e.seq"
+            ),
+            concat!(
+                "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
+                 SELECT x.id, $2, coalesce(last.version, 0) + x.ord, x.type, x.data, x.metadata \
+                 FROM unnest($1::uuid[], $4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY \
+                      AS x(id, type, data, metadata, ord) \
+                 LEFT JOIN LATERAL (SELECT l.version, l.xid FROM flightdeck.events l WHERE l.stream_id = $2 \
+                                    ORDER BY l.version DESC LIMIT 1) last ON true \
+                 WHERE ($3::int8 IS NULL OR $3 = coalesce(last.version, 0)) ",
+                $check,
+                " ORDER BY x.ord RETURNING e.id, e.version, e.xid::text, e.seq"
+            ),
+        )
+    };
+}
+
+/// In autocommit, no xid check is needed (see the module docs).
+const AUTOCOMMIT: (&str, &str) = statements!("");
+
+/// Inside a longer transaction (group commit), the xid was taken before this statement, so a
+/// younger transaction may have committed the stream's last version since: refuse (no row) then,
+/// keeping version order equal to log order.
+pub(crate) const IN_TRANSACTION: (&str, &str) =
+    statements!("AND (last.xid IS NULL OR last.xid <= pg_current_xact_id())");
 
 /// One event to a stream whose last version this process knows (see `versions.rs`).
 const NEXT_SQL: &str = "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
      VALUES ($1, $2, $3, $4, $5, $6) RETURNING e.xid::text, e.seq";
-
-/// Several events, from arrays, in order.
-const MANY_SQL: &str = "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
-     SELECT x.id, $2, coalesce(last.version, 0) + x.ord, x.type, x.data, x.metadata \
-     FROM unnest($1::uuid[], $4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY \
-          AS x(id, type, data, metadata, ord) \
-     LEFT JOIN LATERAL (SELECT l.version FROM flightdeck.events l WHERE l.stream_id = $2 \
-                        ORDER BY l.version DESC LIMIT 1) last ON true \
-     WHERE $3::int8 IS NULL OR $3 = coalesce(last.version, 0) \
-     ORDER BY x.ord \
-     RETURNING e.id, e.version, e.xid::text, e.seq";
 
 /// Appends in a transaction of its own on `client` (which must not be inside a transaction).
 pub(crate) async fn append(
@@ -53,7 +72,7 @@ pub(crate) async fn append(
     events: &[NewEvent],
 ) -> Result<AppendOutcome, StoreError> {
     validate_append(stream, events)?;
-    let out = match try_insert(client, versions.get(stream), stream, expected, events).await {
+    let out = match try_insert(client, versions.get(stream), AUTOCOMMIT, stream, expected, events).await {
         Ok(Some(out)) => Ok(out),
         // Mismatched version, or a unique violation: let the checked path say which, or
         // recognize an idempotent retry.
@@ -75,10 +94,12 @@ pub(crate) async fn append(
     Ok(out)
 }
 
-/// Inserts the whole batch, or returns `None` if the expected version did not match.
-async fn try_insert(
+/// Inserts the whole batch, or returns `None` if the expected version (or, in a transaction, the
+/// xid order) did not match. Ids must be set.
+pub(crate) async fn try_insert(
     client: &Object,
     known: Option<u64>,
+    (one_sql, many_sql): (&str, &str),
     stream: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
@@ -100,16 +121,16 @@ async fn try_insert(
         appended.push(appended_event(ids[0], stream, version, &row.try_get::<_, String>(0)?, row.try_get(1)?));
     } else if let [event] = events {
         let types = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB];
-        let statement = client.prepare_typed_cached(ONE_SQL, &types).await?;
+        let statement = client.prepare_typed_cached(one_sql, &types).await?;
         let metadata = Json(&event.metadata);
         let row = client
             .query_opt(&statement, &[&ids[0], &stream, &expected_sql, &event.event_type, &event.data, &metadata])
             .await?;
         let Some(row) = row else { return Ok(None) };
-        appended.push(appended_event(ids[0], stream, row.try_get(0)?, &row.try_get::<_, String>(1)?, row.try_get(2)?));
+        appended.push(appended_event(ids[0], stream, row.try_get(1)?, &row.try_get::<_, String>(2)?, row.try_get(3)?));
     } else {
         let types = [Type::UUID_ARRAY, Type::TEXT, Type::INT8, Type::TEXT_ARRAY, Type::JSONB_ARRAY, Type::JSONB_ARRAY];
-        let statement = client.prepare_typed_cached(MANY_SQL, &types).await?;
+        let statement = client.prepare_typed_cached(many_sql, &types).await?;
         let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
         let metadata: Vec<Json<&serde_json::Map<String, serde_json::Value>>> =

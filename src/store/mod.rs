@@ -9,6 +9,7 @@ mod append;
 mod error;
 mod event;
 mod fast_append;
+mod group;
 mod migrate;
 mod position;
 mod read;
@@ -20,6 +21,7 @@ pub use event::{
     AppendOutcome, AppendedEvent, ExpectedVersion, MAX_NAME_BYTES, NewEvent, RecordedEvent, ValidationError,
     metadata_object, validate_name,
 };
+pub use group::{GroupCommit, GroupStats, MAX_BATCH};
 pub use position::{Position, PositionError};
 
 use std::time::Duration;

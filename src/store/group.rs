@@ -1,0 +1,204 @@
+//! Group commit: concurrent appends share one transaction, so ingestion is not bound to one WAL
+//! flush per request, while each request keeps its own answer and its own conflicts.
+//!
+//! A worker takes whatever appends are queued (up to [`MAX_BATCH`]) and runs them in one
+//! transaction, each as the fast statement with the xid-order check (`fast_append.rs`). Nothing is
+//! delayed to form a batch: requests that arrive while a commit is in flight form the next one, so
+//! a lone request costs one queue hop, and a burst costs one flush per batch. If any request in
+//! the batch does not insert cleanly (a version conflict, a reused id, a race on a stream), the
+//! batch is rolled back, that request is appended on its own (`Store::append`), which gives it its
+//! exact outcome, and the rest try again together (a few rounds, then one by one). Ids are fixed
+//! before queueing, so a request that had in fact committed
+//! (a lost COMMIT answer) is recognized as a retry, never stored twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::join_all;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::event::validate_append;
+use super::fast_append::{IN_TRANSACTION, try_insert};
+use super::{AppendOutcome, ExpectedVersion, NewEvent, Store, StoreError};
+
+/// Most appends in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+struct Request {
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// What group commit has done, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    /// Shared transactions committed.
+    pub transactions: AtomicU64,
+    /// Appends committed in shared transactions.
+    pub grouped_appends: AtomicU64,
+    /// Batches rolled back and redone one by one.
+    pub fallbacks: AtomicU64,
+}
+
+/// A handle for grouped appends. Cheap to clone.
+#[derive(Clone)]
+pub struct GroupCommit {
+    store: Store,
+    queue: mpsc::Sender<Request>,
+    stats: Arc<GroupStats>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    /// Starts `workers` committing tasks on `tasks`. After `shutdown` they finish what is queued,
+    /// then end; later appends go straight to the store.
+    pub fn start(store: Store, workers: usize, shutdown: CancellationToken, tasks: &TaskTracker) -> Self {
+        let (queue, receiver) = mpsc::channel(MAX_BATCH * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(GroupStats::default());
+        for _ in 0..workers.max(1) {
+            tasks.spawn(worker(store.clone(), receiver.clone(), shutdown.clone(), stats.clone()));
+        }
+        GroupCommit { store, queue, stats }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &GroupStats {
+        &self.stats
+    }
+
+    /// Appends like [`Store::append`], sharing a transaction with concurrent appends.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_append(stream, events)?;
+        let events: Vec<NewEvent> =
+            events.iter().map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() }).collect();
+        let (reply, answer) = oneshot::channel();
+        let request = Request { stream: stream.to_string(), expected, events, reply };
+        match self.queue.send(request).await {
+            Ok(()) => match answer.await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable("the committer stopped".into())),
+            },
+            // Shutting down: no worker left; append directly.
+            Err(mpsc::error::SendError(request)) => {
+                self.store.append(&request.stream, request.expected, &request.events).await
+            }
+        }
+    }
+}
+
+async fn worker(
+    store: Store,
+    receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
+    shutdown: CancellationToken,
+    stats: Arc<GroupStats>,
+) {
+    loop {
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let first = if shutdown.is_cancelled() {
+                receiver.try_recv().ok()
+            } else {
+                tokio::select! {
+                    request = receiver.recv() => request,
+                    _ = shutdown.cancelled() => receiver.try_recv().ok(),
+                }
+            };
+            let Some(first) = first else {
+                receiver.close();
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        commit(&store, batch, &stats).await;
+    }
+}
+
+/// Times a batch is retried without the append that spoiled it, before the rest go one by one.
+const MAX_ROUNDS: usize = 4;
+
+async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats) {
+    let mut alone = Vec::new();
+    for _ in 0..MAX_ROUNDS {
+        if batch.len() < 2 {
+            break;
+        }
+        match together(store, &batch).await {
+            Ok(outcomes) => {
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
+                stats.grouped_appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (request, outcome) in batch.drain(..).zip(outcomes) {
+                    if let Some(last) = outcome.events.last() {
+                        store.versions.record(&request.stream, last.version);
+                    }
+                    let _ = request.reply.send(Ok(outcome));
+                }
+                break;
+            }
+            // That append (a conflict, a reused id, a race) gets its exact outcome on its own;
+            // the others try again together.
+            Err(Some(index)) => {
+                stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                alone.push(batch.remove(index));
+            }
+            Err(None) => {
+                stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    // Whatever is left, and the appends taken out, each in a transaction of its own.
+    alone.append(&mut batch);
+    join_all(alone.into_iter().map(|request| async move {
+        let result = store.append(&request.stream, request.expected, &request.events).await;
+        let _ = request.reply.send(result);
+    }))
+    .await;
+}
+
+/// Runs the whole batch in one transaction; any hitch rolls it all back and names the append that
+/// caused it, if one did.
+async fn together(store: &Store, batch: &[Request]) -> Result<Vec<AppendOutcome>, Option<usize>> {
+    let client = store.pool().get().await.map_err(|_| None)?;
+    client.batch_execute("BEGIN").await.map_err(|_| None)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (index, request) in batch.iter().enumerate() {
+        match try_insert(&client, None, IN_TRANSACTION, &request.stream, request.expected, &request.events).await {
+            Ok(Some(outcome)) => outcomes.push(outcome),
+            _ => {
+                // A failed statement aborted the transaction; ROLLBACK ends it either way.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(Some(index));
+            }
+        }
+    }
+    match client.batch_execute("COMMIT").await {
+        Ok(()) => Ok(outcomes),
+        Err(_) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(None)
+        }
+    }
+}
