@@ -248,3 +248,31 @@ async fn shutdown_ends_subscriptions() {
     assert!(matches!(end, Some(Err(BusError::Closed))));
     r.stop().await;
 }
+
+#[tokio::test]
+async fn channels_and_publishing_are_applied_live_and_in_replays() {
+    let db = common::test_db().await;
+    let routing = flightdeck::bus::Routing::new()
+        .with_channels(["FormSubmitted=forms", "Click=ui"])
+        .unwrap()
+        .publish_only(["PageViewed", "FormSubmitted", "Click"]);
+    let r = start(&db, BusOptions { routing, ..no_poll() }).await;
+    let channel =
+        |names: &[&str]| Filter { channels: names.iter().map(|s| s.to_string()).collect(), ..Filter::default() };
+    let mut forms = r.bus.subscribe(channel(&["forms"]), Start::Now);
+    let mut default = r.bus.subscribe(channel(&["default"]), Start::Now);
+    let mut everything = r.bus.subscribe(Filter::default(), Start::Now);
+    for ty in ["PageViewed", "Secret", "FormSubmitted", "Click", "PageViewed"] {
+        append(&r.bus, "s", ty, json!({})).await;
+    }
+    let types =
+        |events: Vec<flightdeck::store::RecordedEvent>| events.into_iter().map(|e| e.event_type).collect::<Vec<_>>();
+    assert_eq!(types(take(&mut forms, 1).await), vec!["FormSubmitted"]);
+    assert_eq!(types(take(&mut default, 2).await), vec!["PageViewed", "PageViewed"]);
+    assert_eq!(types(take(&mut everything, 4).await), vec!["PageViewed", "FormSubmitted", "Click", "PageViewed"]);
+    // Replays obey the same rules; the unpublished event is still in the store.
+    let mut replay = r.bus.subscribe(Filter::default(), Start::Beginning);
+    assert_eq!(types(take(&mut replay, 4).await), vec!["PageViewed", "FormSubmitted", "Click", "PageViewed"]);
+    assert_eq!(db.store.read_stream("s", 2, 1).await.unwrap()[0].event_type, "Secret");
+    r.stop().await;
+}

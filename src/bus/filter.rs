@@ -17,6 +17,8 @@ pub struct Filter {
     pub stream_prefix: Option<String>,
     /// Field equalities, e.g. path `["pageId"]` (from `data.pageId`) equal to `"home"`.
     pub fields: Vec<FieldMatch>,
+    /// Named channels (see [`super::Routing`]); empty means all.
+    pub channels: Vec<String>,
 }
 
 /// One equality test on the event's data.
@@ -104,6 +106,7 @@ mod tests {
             stream: stream.map(str::to_string),
             stream_prefix: prefix.map(str::to_string),
             fields: fields.iter().map(|e| FieldMatch::parse(e).unwrap()).collect(),
+            channels: Vec::new(),
         };
         let cases = [
             (f(&[], None, None, &[]), true),

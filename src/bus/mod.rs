@@ -11,9 +11,11 @@
 mod filter;
 mod listener;
 mod pump;
+mod routing;
 mod subscription;
 
 pub use filter::{FieldMatch, Filter, FilterError};
+pub use routing::{DEFAULT_CHANNEL, Routing, RoutingError};
 pub use subscription::{Start, Subscription};
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub struct BusOptions {
     pub safety_poll: Duration,
     /// Longest pause between wake-ups this process sends to other processes.
     pub notify_interval: Duration,
+    /// Which event types are published, on which channels.
+    pub routing: Routing,
 }
 
 impl Default for BusOptions {
@@ -46,6 +50,7 @@ impl Default for BusOptions {
             subscriber_queue: 4096,
             safety_poll: Duration::from_secs(1),
             notify_interval: Duration::from_millis(2),
+            routing: Routing::default(),
         }
     }
 }

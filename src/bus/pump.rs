@@ -53,8 +53,11 @@ async fn drain(shared: &Shared, position: &mut Position) -> Result<(), StoreErro
         for event in page {
             // A database clock ahead of ours would make the lag negative: counted as zero.
             shared.stats.observe_lag((now - event.timestamp).to_std().unwrap_or_default());
-            // No receivers is fine: nobody is subscribed right now.
-            let _ = shared.events.send(Arc::new(event));
+            // Filtering at source: unpublished types are never fanned out.
+            if shared.options.routing.is_published(&event.event_type) {
+                // No receivers is fine: nobody is subscribed right now.
+                let _ = shared.events.send(Arc::new(event));
+            }
         }
         shared.delivered.send_replace(*position);
         if !full {

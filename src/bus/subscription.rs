@@ -122,7 +122,7 @@ impl State {
                     }
                     for event in page {
                         self.after = Some(event.position);
-                        if self.filter.matches(&event) {
+                        if self.wants(&event) {
                             self.replayed.push_back(Arc::new(event));
                         }
                     }
@@ -145,7 +145,7 @@ impl State {
                                 continue;
                             }
                             self.after = Some(event.position);
-                            if self.filter.matches(&event) {
+                            if self.wants(&event) {
                                 self.went_live = true;
                                 return Some(Ok(event));
                             }
@@ -169,6 +169,17 @@ impl State {
                 }
             }
         }
+    }
+}
+
+impl State {
+    /// Published, on one of the subscriber's channels, and matching its filter.
+    fn wants(&self, event: &RecordedEvent) -> bool {
+        let routing = &self.shared.options.routing;
+        routing.is_published(&event.event_type)
+            && (self.filter.channels.is_empty()
+                || self.filter.channels.iter().any(|c| c == routing.channel_of(&event.event_type)))
+            && self.filter.matches(event)
     }
 }
 

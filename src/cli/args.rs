@@ -63,6 +63,18 @@ pub struct ServeArgs {
     /// Connections in the database pool.
     #[arg(long, env = "FLIGHTDECK_DB_POOL", default_value_t = 32)]
     pub db_pool: usize,
+    /// Largest accepted request body, in bytes (larger ones get 413).
+    #[arg(long, env = "FLIGHTDECK_MAX_BODY", default_value_t = crate::http::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// Route an event type to a named channel, as `Type=channel` (repeatable, or comma-separated
+    /// in the environment). Subscribers pick channels with `channels=`; unmapped types travel on
+    /// `default`.
+    #[arg(long = "channel", env = "FLIGHTDECK_CHANNELS", value_delimiter = ',', value_name = "TYPE=CHANNEL")]
+    pub channels: Vec<String>,
+    /// Deliver only these event types in real time (all if not given); others are stored and
+    /// readable but never streamed.
+    #[arg(long = "publish", env = "FLIGHTDECK_PUBLISH", value_delimiter = ',', value_name = "TYPE")]
+    pub publish: Vec<String>,
 }
 
 /// `flightdeck append`.

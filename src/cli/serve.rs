@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{Bus, BusOptions};
+use crate::bus::{Bus, BusOptions, Routing};
 use crate::http::{AppState, router};
 use crate::store::StoreError;
 
@@ -41,8 +41,15 @@ async fn run(
         .await
         .map_err(|source| CliError::Listen { addr: args.addr, source })?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(db.store.clone());
-    tasks.spawn(prepare_database(state.clone(), db.config.clone(), shutdown.clone(), tasks.clone()));
+    let mut routing = Routing::new()
+        .with_channels(args.channels.iter().map(String::as_str))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if !args.publish.is_empty() {
+        routing = routing.publish_only(args.publish.iter().map(String::as_str));
+    }
+    let options = BusOptions { routing, ..BusOptions::default() };
+    let state = AppState::new(db.store.clone()).max_body(args.max_body);
+    tasks.spawn(prepare_database(state.clone(), db.config.clone(), options, shutdown.clone(), tasks.clone()));
     // Logged and printed: scripts and tests wait for this line.
     tracing::info!(%addr, "FlightDeck listening on http://{addr}");
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
@@ -54,17 +61,16 @@ async fn run(
 async fn prepare_database(
     state: AppState,
     config: tokio_postgres::Config,
+    options: BusOptions,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
         let prepared = match state.store.migrate().await {
-            Ok(applied) => {
-                Bus::start(state.store.clone(), config.clone(), BusOptions::default(), shutdown.clone(), &tasks)
-                    .await
-                    .map(|bus| (applied, bus))
-            }
+            Ok(applied) => Bus::start(state.store.clone(), config.clone(), options.clone(), shutdown.clone(), &tasks)
+                .await
+                .map(|bus| (applied, bus)),
             Err(err) => Err(err),
         };
         match prepared {

@@ -64,6 +64,7 @@ fn parse(args: &TailArgs) -> Result<(Filter, Start), CliError> {
         stream: args.stream.clone(),
         stream_prefix: args.stream_prefix.clone(),
         fields,
+        channels: Vec::new(),
     };
     let start = match args.from.as_str() {
         "now" => Start::Now,

@@ -60,7 +60,7 @@ pub(super) async fn stream(
     Ok(Sse::new(gauge.track(retry.chain(events))).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-/// Parses `types=A,B&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>`.
+/// Parses `types=A,B&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>`.
 pub(crate) fn parse_query(query: &str) -> Result<(Filter, Start), ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request("invalid_query", format!("cannot read the query string: {e}")))?;
@@ -69,6 +69,9 @@ pub(crate) fn parse_query(query: &str) -> Result<(Filter, Start), ApiError> {
     for (key, value) in pairs {
         match key.as_str() {
             "types" => filter.types.extend(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from)),
+            "channels" => {
+                filter.channels.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from))
+            }
             "stream" => filter.stream = Some(value),
             "streamPrefix" => filter.stream_prefix = Some(value),
             "where" => filter
@@ -88,7 +91,7 @@ pub(crate) fn parse_query(query: &str) -> Result<(Filter, Start), ApiError> {
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",
-                    format!("unknown parameter {other:?} (known: types, stream, streamPrefix, where, from)"),
+                    format!("unknown parameter {other:?} (known: types, channels, stream, streamPrefix, where, from)"),
                 ));
             }
         }
