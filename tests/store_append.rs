@@ -279,3 +279,26 @@ async fn two_stores_appending_to_one_stream_never_collide_or_skip_versions() {
     let versions: Vec<u64> = db.store.read_stream("shared", 1, 100).await.unwrap().iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=23).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn the_seed_style_append_notifies_the_whole_event_in_its_transaction() {
+    use futures::StreamExt;
+    let db = common::test_db().await;
+    let (client, mut connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {}", flightdeck::store::SEED_CHANNEL)).await.unwrap();
+    let out = db.store.append_seed_style("seed", ExpectedVersion::Any, &[ev("PageViewed", 7)]).await.unwrap();
+    let payload = tokio::time::timeout(std::time::Duration::from_secs(10), notes.recv()).await.unwrap().unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload["eventType"], "PageViewed");
+    assert_eq!(payload["payload"], json!({"n": 7}));
+    assert_eq!(payload["position"], out.events[0].position.to_string());
+}

@@ -42,6 +42,22 @@ pub struct BusOptions {
     pub notify_interval: Duration,
     /// Which event types are published, on which channels.
     pub routing: Routing,
+    /// Run the pump, listener and notifier. Off, appends are stored but nothing is delivered
+    /// (for benchmarks that measure what delivery costs).
+    pub deliver: bool,
+    /// How [`Bus::append`] writes.
+    pub append_mode: AppendMode,
+}
+
+/// How [`Bus::append`] writes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppendMode {
+    /// Group commit, then an in-process hint and a coalesced NOTIFY (FlightDeck's design).
+    #[default]
+    Grouped,
+    /// The seed sketch's design, one transaction per append with a NOTIFY carrying the event
+    /// (for comparison benchmarks only).
+    Seed,
 }
 
 impl Default for BusOptions {
@@ -51,6 +67,8 @@ impl Default for BusOptions {
             safety_poll: Duration::from_secs(1),
             notify_interval: Duration::from_millis(2),
             routing: Routing::default(),
+            deliver: true,
+            append_mode: AppendMode::Grouped,
         }
     }
 }
@@ -183,9 +201,11 @@ impl Bus {
             committer,
             shutdown,
         });
-        tasks.spawn(pump::run(shared.clone()));
-        tasks.spawn(listener::listen(shared.clone(), listen.clone()));
-        tasks.spawn(listener::notify(shared.clone(), listen));
+        if shared.options.deliver {
+            tasks.spawn(pump::run(shared.clone()));
+            tasks.spawn(listener::listen(shared.clone(), listen.clone()));
+            tasks.spawn(listener::notify(shared.clone(), listen));
+        }
         Ok(Bus { shared })
     }
 
@@ -197,7 +217,10 @@ impl Bus {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
-        let out = self.shared.committer.append(stream, expected, events).await?;
+        let out = match self.shared.options.append_mode {
+            AppendMode::Grouped => self.shared.committer.append(stream, expected, events).await?,
+            AppendMode::Seed => self.shared.store.append_seed_style(stream, expected, events).await?,
+        };
         if !out.already_stored {
             self.shared.stats.appended.fetch_add(out.events.len() as u64, Ordering::Relaxed);
         }
@@ -237,6 +260,11 @@ impl Bus {
     /// Number of live subscriptions.
     pub fn subscribers(&self) -> usize {
         self.shared.events.receiver_count()
+    }
+
+    /// Whether this bus delivers events (see [`BusOptions::deliver`]).
+    pub fn delivers(&self) -> bool {
+        self.shared.options.deliver
     }
 
     /// Whether the listener connection is currently up.

@@ -75,6 +75,13 @@ pub struct ServeArgs {
     /// readable but never streamed.
     #[arg(long = "publish", env = "FLIGHTDECK_PUBLISH", value_delimiter = ',', value_name = "TYPE")]
     pub publish: Vec<String>,
+    /// For benchmarks: store events but deliver nothing in real time.
+    #[arg(long)]
+    pub no_delivery: bool,
+    /// For benchmarks: `grouped` (FlightDeck's design) or `seed` (one transaction per append with
+    /// a NOTIFY carrying the event, as in the original sketch).
+    #[arg(long, default_value = "grouped", value_parser = ["grouped", "seed"])]
+    pub append_mode: String,
 }
 
 /// `flightdeck append`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{Bus, BusOptions, Routing};
+use crate::bus::{AppendMode, Bus, BusOptions, Routing};
 use crate::http::{AppState, router};
 use crate::store::StoreError;
 
@@ -47,7 +47,11 @@ async fn run(
     if !args.publish.is_empty() {
         routing = routing.publish_only(args.publish.iter().map(String::as_str));
     }
-    let options = BusOptions { routing, ..BusOptions::default() };
+    let append_mode = if args.append_mode == "seed" { AppendMode::Seed } else { AppendMode::Grouped };
+    let options = BusOptions { routing, deliver: !args.no_delivery, append_mode, ..BusOptions::default() };
+    if args.no_delivery || append_mode == AppendMode::Seed {
+        tracing::warn!(delivery = !args.no_delivery, ?append_mode, "benchmark configuration");
+    }
     let state = AppState::new(db.store.clone()).max_body(args.max_body);
     tasks.spawn(prepare_database(state.clone(), db.config.clone(), options, shutdown.clone(), tasks.clone()));
     // Logged and printed: scripts and tests wait for this line.

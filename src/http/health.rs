@@ -15,7 +15,7 @@ pub(super) async fn healthz() -> Json<Value> {
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let bus = state.bus()?;
     state.store.ping().await?;
-    if !bus.listener_connected() {
+    if bus.delivers() && !bus.listener_connected() {
         return Err(ApiError::unavailable("the LISTEN connection is down; reconnecting"));
     }
     Ok(Json(json!({"status": "ready"})))

@@ -13,6 +13,7 @@ mod group;
 mod migrate;
 mod position;
 mod read;
+mod seed_append;
 mod versions;
 
 pub use append::append_in;
@@ -23,6 +24,7 @@ pub use event::{
 };
 pub use group::{GroupCommit, GroupStats, MAX_BATCH};
 pub use position::{Position, PositionError};
+pub use seed_append::SEED_CHANNEL;
 
 use std::time::Duration;
 
