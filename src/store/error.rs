@@ -45,7 +45,7 @@ pub enum StoreError {
         known: i32,
     },
     /// Any other database error (a bug or an operational problem, not the caller's input).
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Database(tokio_postgres::Error),
 }
 
@@ -69,16 +69,32 @@ impl StoreError {
             "40001" | "40P01" | "23505" => StoreError::Retry,
             "23514" => StoreError::Invalid(ValidationError::Unstorable(db.message().to_string())),
             "22P05" | "22023" | "22P02" => StoreError::Invalid(ValidationError::Unstorable(db.message().to_string())),
-            _ => StoreError::Database(err),
+            _ => StoreError::from(err),
         }
+    }
+}
+
+/// tokio-postgres says only "db error" for a server error; the server's message and SQLSTATE are
+/// what a person needs.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => err.to_string(),
     }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> Self {
         let io = std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>());
-        if err.is_closed() || io || err.to_string().contains("connect") {
-            StoreError::Unavailable(err.to_string())
+        // Server-side conditions that pass: connection exceptions (08), insufficient resources
+        // such as too many connections (53), operator intervention such as a shutdown or a
+        // server still starting (57).
+        let transient = err.as_db_error().is_some_and(|db| {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+        });
+        if err.is_closed() || io || transient || err.to_string().contains("connect") {
+            StoreError::Unavailable(describe(&err))
         } else {
             StoreError::Database(err)
         }

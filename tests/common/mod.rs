@@ -87,4 +87,5 @@ pub async fn settle(store: &Store, position: flightdeck::store::Position) {
     }
 }
 pub mod process;
+pub mod resilient;
 pub mod sse;
