@@ -32,6 +32,13 @@ async fn start(db: &common::TestDb, options: BusOptions) -> Running {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let bus = Bus::start(db.store.clone(), db.config.clone(), options, shutdown.clone(), &tasks).await.unwrap();
+    // Listening before the test acts, so that a delivery proves a NOTIFY woke the bus (rather than
+    // the catch-up every (re)connection does).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !bus.listener_connected() {
+        assert!(std::time::Instant::now() < deadline, "the listener never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Running { bus, shutdown, tasks }
 }
 
