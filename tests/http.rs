@@ -6,55 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::app::App;
 use common::sse::SseClient;
-use flightdeck::bus::{Bus, BusOptions};
-use flightdeck::http::{AppState, router};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-struct App {
-    base: String,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    http: reqwest::Client,
-}
-
-impl App {
-    async fn start(db: &common::TestDb) -> App {
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let bus = Bus::start(db.store.clone(), db.config.clone(), BusOptions::default(), shutdown.clone(), &tasks)
-            .await
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(AppState::with_bus(bus).max_body(256 * 1024));
-        let stop = shutdown.clone();
-        tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
-        App { base, shutdown, tasks, http: reqwest::Client::new() }
-    }
-
-    async fn post(&self, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}/api/events", self.base)).json(&body).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.tasks.close();
-        tokio::time::timeout(Duration::from_secs(20), self.tasks.wait()).await.expect("server stops");
-    }
-}
 
 #[tokio::test]
 async fn ingest_then_read_back() {

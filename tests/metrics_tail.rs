@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::app::App;
 use common::process::flightdeck;
 use common::sse::SseClient;
-use flightdeck::bus::{Bus, BusOptions};
-use flightdeck::http::{AppState, router};
+use flightdeck::http::AppState;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -19,40 +19,19 @@ use tokio::process::{Child, ChildStdout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-struct App {
-    base: String,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    http: reqwest::Client,
+/// What these tests need beyond the shared in-process server.
+trait AppExt {
+    async fn post_ok(&self, body: Value) -> Value;
+    async fn metrics_text(&self) -> String;
+    async fn metrics(&self) -> HashMap<String, f64>;
+    async fn wait_metric(&self, sample: &str, ok: impl Fn(f64) -> bool);
 }
 
-impl App {
-    async fn start(db: &common::TestDb) -> App {
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let bus = Bus::start(db.store.clone(), db.config.clone(), BusOptions::default(), shutdown.clone(), &tasks)
-            .await
-            .unwrap();
-        App::serve(AppState::with_bus(bus), shutdown, tasks).await
-    }
-
-    async fn serve(state: AppState, shutdown: CancellationToken, tasks: TaskTracker) -> App {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(state);
-        let stop = shutdown.clone();
-        tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
-        App { base, shutdown, tasks, http: reqwest::Client::new() }
-    }
-
-    async fn post(&self, body: Value) -> Value {
+impl AppExt for App {
+    async fn post_ok(&self, body: Value) -> Value {
         let r = self.http.post(self.url("/api/events")).json(&body).send().await.unwrap();
         assert!(r.status().is_success(), "{}", r.status());
         r.json().await.unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 
     /// The metrics text, checked to be a 200 in the Prometheus text format.
@@ -79,12 +58,6 @@ impl App {
             assert!(Instant::now() < deadline, "{sample} stayed at {value:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.tasks.close();
-        tokio::time::timeout(Duration::from_secs(20), self.tasks.wait()).await.expect("server stops");
     }
 }
 
@@ -130,10 +103,12 @@ async fn metrics_follow_appends_deliveries_and_sse_subscribers() {
     app.wait_metric(SSE, |v| v == 1.0).await;
 
     for i in 0..3 {
-        app.post(json!({"stream": "m-1", "type": "Counted", "data": i})).await;
+        app.post_ok(json!({"stream": "m-1", "type": "Counted", "data": i})).await;
     }
-    app.post(json!([{"stream": "m-2", "type": "Counted", "data": 3}, {"stream": "m-2", "type": "Counted", "data": 4}]))
-        .await;
+    app.post_ok(
+        json!([{"stream": "m-2", "type": "Counted", "data": 3}, {"stream": "m-2", "type": "Counted", "data": 4}]),
+    )
+    .await;
     assert_eq!(sse.events(5).await.len(), 5);
     let after = app.metrics().await;
     assert_eq!(after["flightdeck_events_appended_total"], 5.0);
@@ -157,8 +132,8 @@ async fn metrics_follow_appends_deliveries_and_sse_subscribers() {
 
     // A retried append (same ids) stores nothing and counts nothing.
     let retry = json!({"stream": "m-3", "type": "Counted", "data": 5, "id": "01a21b54-1abe-7246-b1b7-00e293ce98a7"});
-    app.post(retry.clone()).await;
-    app.post(retry).await;
+    app.post_ok(retry.clone()).await;
+    app.post_ok(retry).await;
     assert_eq!(app.metrics().await["flightdeck_events_appended_total"], 6.0);
 
     // Clients that disconnect are no longer counted.
@@ -255,15 +230,15 @@ fn data(events: &[Value]) -> Vec<Value> {
 async fn tail_prints_new_events_and_replays_with_filters() {
     let db = common::test_db().await;
     let app = App::start(&db).await;
-    let early = app.post(json!({"stream": "t-1", "type": "A", "data": {"k": 1, "n": 0}})).await;
-    app.post(json!({"stream": "t-1", "type": "B", "data": {"k": 1, "n": 1}})).await;
+    let early = app.post_ok(json!({"stream": "t-1", "type": "A", "data": {"k": 1, "n": 0}})).await;
+    app.post_ok(json!({"stream": "t-1", "type": "B", "data": {"k": 1, "n": 1}})).await;
     common::settle(&db.store, early["events"][0]["position"].as_str().unwrap().parse().unwrap()).await;
 
     let mut live = Tail::start(&db, &["--json"]).await;
     let mut replay = Tail::start(&db, &["--json", "--from", "start", "--types", "A,C", "--where", "data.k:1"]).await;
     let mut human = Tail::start(&db, &["--stream-prefix", "u-", "--where", "data.k=2"]).await;
     for (stream, ty, k, n) in [("t-2", "A", 1, 2), ("u-1", "C", 2, 3), ("t-2", "C", 1, 4), ("u-2", "A", 2, 5)] {
-        app.post(json!({"stream": stream, "type": ty, "data": {"k": k, "n": n}})).await;
+        app.post_ok(json!({"stream": stream, "type": ty, "data": {"k": k, "n": n}})).await;
     }
 
     // Only events appended after it started, all of them, in order, as envelopes.
@@ -299,11 +274,11 @@ async fn tail_resumes_after_a_position() {
     let app = App::start(&db).await;
     let mut positions = Vec::new();
     for n in 0..3 {
-        let out = app.post(json!({"stream": "p", "type": "E", "data": n})).await;
+        let out = app.post_ok(json!({"stream": "p", "type": "E", "data": n})).await;
         positions.push(out["events"][0]["position"].as_str().unwrap().to_string());
     }
     let mut tail = Tail::start(&db, &["--json", "--from", &positions[0]]).await;
-    app.post(json!({"stream": "p", "type": "E", "data": 3})).await;
+    app.post_ok(json!({"stream": "p", "type": "E", "data": 3})).await;
     assert_eq!(data(&tail.events(3).await), vec![json!(1), json!(2), json!(3)]);
     assert!(tail.terminate().await);
     app.stop().await;

@@ -101,8 +101,8 @@ async fn prepare_database(
     }
 }
 
-/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
-async fn on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM. Shared by the long-running commands.
+pub(super) async fn on_signal(shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(err) => {

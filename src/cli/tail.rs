@@ -30,7 +30,7 @@ pub(super) async fn tail(db_args: &DatabaseArgs, args: &TailArgs) -> Result<(), 
     let (filter, start) = parse(args)?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(on_signal(shutdown.clone()));
+    tasks.spawn(super::serve::on_signal(shutdown.clone()));
     let db = match Database::open(db_args, POOL).await {
         Ok(db) => db,
         Err(err) => {
@@ -188,23 +188,6 @@ fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
         None => text.into(),
         Some((cut, _)) => format!("{}… (+{} bytes)", &text[..cut], text.len() - cut).into(),
     }
-}
-
-/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
-async fn on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::error!(%err, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::debug!("SIGINT received; stopping"),
-        _ = term.recv() => tracing::debug!("SIGTERM received; stopping"),
-        _ = shutdown.cancelled() => {}
-    }
-    shutdown.cancel();
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ pub async fn settle(store: &Store, position: flightdeck::store::Position) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+pub mod app;
 pub mod process;
 pub mod resilient;
 pub mod sse;
