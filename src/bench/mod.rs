@@ -1,4 +1,13 @@
-//! Benchmarks run by `flightdeck bench …` against a real PostgreSQL. Figures go in
-//! docs/benchmarks.md with the command that produced them; tests never assert timings.
+//! Benchmarks run by `flightdeck bench …`. `append` works against a real PostgreSQL; `delivery` and
+//! `ingest` are HTTP clients of a separately started `flightdeck serve` (see
+//! `scripts/bench-delivery.sh`). Figures go in docs/benchmarks.md with the command that produced
+//! them; tests never assert timings.
 
 pub mod append;
+pub mod client;
+pub mod delivery;
+pub mod ingest;
+pub mod metrics;
+mod report;
+pub mod stats;
+pub mod wire;

@@ -153,6 +153,69 @@ pub enum BenchCommand {
     /// plain-INSERT baseline on the same table shape. Runs in a scratch database
     /// (`flightdeck_bench`), which it recreates.
     Append(BenchAppendArgs),
+    /// Real-time delivery, as a client of a running `flightdeck serve`: commit-to-client latency
+    /// and delivered events/s with many SSE subscribers while events are POSTed at a fixed rate.
+    /// Raise the open-files limit (`ulimit -n`) of this shell and the server's for thousands of
+    /// subscribers.
+    Delivery(BenchDeliveryArgs),
+    /// Ingestion throughput over HTTP, as a client of a running `flightdeck serve`: concurrent
+    /// clients each POSTing one event per request on a keep-alive connection.
+    Ingest(BenchIngestArgs),
+}
+
+/// `flightdeck bench delivery`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchDeliveryArgs {
+    /// The server's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// SSE subscriber counts, one per case (paired with --rate).
+    #[arg(long, value_delimiter = ',', default_value = "100,10000")]
+    pub subscribers: Vec<usize>,
+    /// Events per second published in each case (paired with --subscribers).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10")]
+    pub rate: Vec<u32>,
+    /// Seconds timed per case.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds of publishing before the timed part (checked, not timed).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Keep-alive connections the publisher sends from.
+    #[arg(long, default_value_t = 32)]
+    pub publishers: usize,
+    /// Seconds to wait after the last POST for subscribers to receive everything.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Subscribers connecting at the same time while the streams open.
+    #[arg(long, default_value_t = 256)]
+    pub open_concurrency: usize,
+}
+
+/// `flightdeck bench ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchIngestArgs {
+    /// The server's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Concurrent clients, each on its own connection and stream, one event per request.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Seconds timed.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds of load before the timed part.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// SSE subscribers reading the events live meanwhile (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub subscribers: usize,
+    /// A name for the server configuration in the output, e.g. `delivery on`.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Print one JSON object instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `flightdeck bench append`.

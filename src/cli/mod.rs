@@ -41,6 +41,9 @@ pub enum CliError {
     /// A benchmark failed.
     #[error(transparent)]
     Bench(#[from] crate::bench::append::BenchError),
+    /// A client benchmark (`bench delivery`, `bench ingest`) failed.
+    #[error(transparent)]
+    BenchClient(#[from] crate::bench::client::ClientBenchError),
 }
 
 /// Runs the parsed command line to completion.
@@ -53,5 +56,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Read(args) => commands::read(&cli.database, &args).await,
         Command::Tail(args) => tail::tail(&cli.database, &args).await,
         Command::Bench(BenchCommand::Append(args)) => commands::bench_append(&cli.database, &args).await,
+        Command::Bench(BenchCommand::Delivery(args)) => Ok(crate::bench::delivery::run(&args).await?),
+        Command::Bench(BenchCommand::Ingest(args)) => Ok(crate::bench::ingest::run(&args).await?),
     }
 }
