@@ -206,6 +206,15 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<(), ValidationE
     Ok(())
 }
 
+/// Gives every event an id (a UUIDv7 where missing), once per append, so that a retry after a lost
+/// answer is recognized as the same append. Borrows when every id is already set.
+pub(crate) fn with_ids(events: &[NewEvent]) -> std::borrow::Cow<'_, [NewEvent]> {
+    if events.iter().all(|e| e.id.is_some()) {
+        return events.into();
+    }
+    events.iter().map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() }).collect()
+}
+
 /// Checks a whole append before it is sent.
 pub(crate) fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), ValidationError> {
     validate_name("stream id", stream)?;

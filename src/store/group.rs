@@ -18,9 +18,8 @@ use futures::future::join_all;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
-use super::event::validate_append;
+use super::event::{validate_append, with_ids};
 use super::fast_append::{IN_TRANSACTION, try_insert};
 use super::{AppendOutcome, ExpectedVersion, NewEvent, Store, StoreError};
 
@@ -85,8 +84,7 @@ impl GroupCommit {
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
         validate_append(stream, events)?;
-        let events: Vec<NewEvent> =
-            events.iter().map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() }).collect();
+        let events = with_ids(events).into_owned();
         let (reply, answer) = oneshot::channel();
         let request = Request { stream: stream.to_string(), expected, events, reply };
         match self.queue.send(request).await {

@@ -91,16 +91,8 @@ impl Store {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
-        // Fix the ids once, so that a retry after a lost answer is recognized as the same append.
-        // (Copies only when an id is missing.)
-        let owned: Vec<NewEvent>;
-        let events = if events.iter().all(|e| e.id.is_some()) {
-            events
-        } else {
-            owned =
-                events.iter().map(|e| NewEvent { id: Some(e.id.unwrap_or_else(Uuid::now_v7)), ..e.clone() }).collect();
-            &owned
-        };
+        let events = event::with_ids(events);
+        let events = &*events;
         let mut attempt = 0;
         loop {
             let client = self.pool.get().await?;

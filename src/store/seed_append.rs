@@ -5,7 +5,7 @@
 
 use tokio_postgres::types::Type;
 
-use super::event::validate_append;
+use super::event::{validate_append, with_ids};
 use super::fast_append::{IN_TRANSACTION, try_insert};
 use super::{AppendOutcome, ExpectedVersion, NewEvent, Store, StoreError};
 
@@ -22,10 +22,7 @@ impl Store {
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
         validate_append(stream, events)?;
-        let events: Vec<NewEvent> = events
-            .iter()
-            .map(|e| NewEvent { id: Some(e.id.unwrap_or_else(uuid::Uuid::now_v7)), ..e.clone() })
-            .collect();
+        let events = with_ids(events);
         let client = self.pool().get().await?;
         client.batch_execute("BEGIN").await?;
         let inserted = try_insert(&client, None, IN_TRANSACTION, stream, expected, &events).await;
