@@ -8,12 +8,16 @@
 //! SQL function), and on a safety poll, so a lost notification only delays delivery. Notifications
 //! carry at most a position (never the event), so the 8000-byte NOTIFY limit never matters.
 
+mod batch;
+mod delivered;
 mod filter;
 mod listener;
 mod pump;
 mod routing;
 mod subscription;
 
+pub use batch::{Batching, Chunks};
+pub use delivered::Delivered;
 pub use filter::{FieldMatch, Filter, FilterError};
 pub use routing::{DEFAULT_CHANNEL, Routing, RoutingError};
 pub use subscription::{Start, Subscription};
@@ -26,7 +30,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{AppendOutcome, ExpectedVersion, GroupCommit, NewEvent, Position, RecordedEvent, Store, StoreError};
+use crate::store::{AppendOutcome, ExpectedVersion, GroupCommit, NewEvent, Position, Store, StoreError};
 
 /// The NOTIFY channel FlightDeck's wake-ups travel on.
 pub const CHANNEL: &str = "flightdeck_events";
@@ -130,7 +134,7 @@ impl BusStats {
 pub(crate) struct Shared {
     store: Store,
     options: BusOptions,
-    events: broadcast::Sender<Arc<RecordedEvent>>,
+    events: broadcast::Sender<Arc<Delivered>>,
     /// The last position the pump has broadcast.
     delivered: watch::Sender<Position>,
     /// The highest position anyone told us exists (appends here, notifications).

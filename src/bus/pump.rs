@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::store::{Position, StoreError};
 
-use super::Shared;
+use super::{Delivered, Shared};
 
 /// Events per read of the log.
 const PAGE: u32 = 1000;
@@ -56,7 +56,7 @@ async fn drain(shared: &Shared, position: &mut Position) -> Result<(), StoreErro
             // Filtering at source: unpublished types are never fanned out.
             if shared.options.routing.is_published(&event.event_type) {
                 // No receivers is fine: nobody is subscribed right now.
-                let _ = shared.events.send(Arc::new(event));
+                let _ = shared.events.send(Arc::new(Delivered::new(event)));
             }
         }
         shared.delivered.send_replace(*position);

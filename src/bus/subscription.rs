@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 
 use crate::store::{Position, RecordedEvent};
 
-use super::{BusError, Filter, Shared};
+use super::{BusError, Delivered, Filter, Shared};
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ const REPLAY_PAGE: u32 = 500;
 /// A stream of events matching a filter. Ends with `Err(Lagged)` if the subscriber falls too far
 /// behind, or with `Err(Closed)` at shutdown. Dropping it unsubscribes.
 pub struct Subscription {
-    inner: BoxStream<'static, Result<Arc<RecordedEvent>, BusError>>,
+    inner: BoxStream<'static, Result<Arc<Delivered>, BusError>>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -58,11 +58,11 @@ struct State {
     shared: Arc<Shared>,
     filter: Filter,
     /// Joined at the start for `Now`, after the first catch-up for replays.
-    live: Option<broadcast::Receiver<Arc<RecordedEvent>>>,
+    live: Option<broadcast::Receiver<Arc<Delivered>>>,
     phase: Phase,
     /// The last position examined (delivered or filtered out); `None` before any, for `Now`.
     after: Option<Position>,
-    replayed: VecDeque<Arc<RecordedEvent>>,
+    replayed: VecDeque<Arc<Delivered>>,
     /// Whether a live event has been handed out since joining the broadcast.
     went_live: bool,
     /// The pump's position when subscribing: where a `Now` subscription that lags resumes.
@@ -87,7 +87,7 @@ impl Subscription {
 }
 
 impl State {
-    async fn next(&mut self) -> Option<Result<Arc<RecordedEvent>, BusError>> {
+    async fn next(&mut self) -> Option<Result<Arc<Delivered>, BusError>> {
         loop {
             match self.phase {
                 Phase::Done => return None,
@@ -123,7 +123,7 @@ impl State {
                     for event in page {
                         self.after = Some(event.position);
                         if self.wants(&event) {
-                            self.replayed.push_back(Arc::new(event));
+                            self.replayed.push_back(Arc::new(Delivered::new(event)));
                         }
                     }
                 }
@@ -184,7 +184,7 @@ impl State {
 }
 
 impl Stream for Subscription {
-    type Item = Result<Arc<RecordedEvent>, BusError>;
+    type Item = Result<Arc<Delivered>, BusError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use futures::{Stream, StreamExt};
 
 use crate::bus::{Bus, BusStats};
 
@@ -151,14 +150,6 @@ impl SubscriberGauge {
     pub(super) fn sse(bus: &Bus) -> Self {
         bus.stats().sse_subscribers.fetch_add(1, Ordering::Relaxed);
         SubscriberGauge { bus: bus.clone() }
-    }
-
-    /// Keeps the gauge counted for as long as `stream` lives.
-    pub(super) fn track<S: Stream>(self, stream: S) -> impl Stream<Item = S::Item> {
-        stream.map(move |item| {
-            let _counted = &self;
-            item
-        })
     }
 }
 

@@ -7,29 +7,45 @@
 //! too far behind has its stream closed; its browser reconnects and resumes from the store.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::{Stream, StreamExt};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
 
-use crate::bus::{FieldMatch, Filter, Start};
+use crate::bus::{Batching, Chunks, Delivered, FieldMatch, Filter, Start};
 use crate::store::Position;
 
+use super::metrics::SubscriberGauge;
 use super::{ApiError, AppState};
 
 /// The reconnection delay suggested to browsers.
 const RETRY: Duration = Duration::from_millis(1000);
 /// Comment lines that keep proxies and the browser from timing the stream out.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Most events written to a socket at once when not batching.
+const MAX_WRITE: usize = 256;
+
+/// What the query string asks for.
+#[derive(Debug)]
+pub(crate) struct SseQuery {
+    pub filter: Filter,
+    pub start: Start,
+    /// `batch=N,T`: up to N events per frame, waiting up to T ms.
+    pub batch: Option<Batching>,
+}
 
 pub(super) async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let (filter, mut start) = parse_query(query.as_deref().unwrap_or(""))?;
+) -> Result<Response, ApiError> {
+    let SseQuery { filter, mut start, batch } = parse_query(query.as_deref().unwrap_or(""))?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().unwrap_or_default().trim();
         if !text.is_empty() {
@@ -39,33 +55,97 @@ pub(super) async fn stream(
         }
     }
     let bus = state.bus()?;
-    let subscription = bus.subscribe(filter, start);
-    let gauge = super::metrics::SubscriberGauge::sse(bus);
-    let retry = futures::stream::once(async { Ok(Event::default().retry(RETRY).comment("flightdeck")) });
-    let events = subscription
-        .take_while(|item| {
-            // Lagged or shutting down: end the stream; the client reconnects with Last-Event-ID.
-            if let Err(err) = item {
-                tracing::debug!(%err, "closing an SSE stream");
-            }
-            futures::future::ready(item.is_ok())
-        })
-        .filter_map(|item| {
-            let frame = item.ok().and_then(|event| {
-                let data = serde_json::to_string(&*event).ok()?;
-                Some(Ok(Event::default().id(event.position.to_string()).data(data)))
-            });
-            futures::future::ready(frame)
-        });
-    Ok(Sse::new(gauge.track(retry.chain(events))).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    let gauge = SubscriberGauge::sse(bus);
+    let chunks = bus.subscribe(filter, start).chunks(batch.unwrap_or(Batching::ready(MAX_WRITE)));
+    let body = Body::from_stream(frames(chunks, batch.is_some(), gauge));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies such as nginx would otherwise buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
-/// Parses `types=A,B&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>`.
-pub(crate) fn parse_query(query: &str) -> Result<(Filter, Start), ApiError> {
+struct BodyState {
+    chunks: Chunks,
+    batched: bool,
+    keep_alive: tokio::time::Interval,
+    /// Counted in the subscribers gauge for as long as the body lives.
+    _gauge: SubscriberGauge,
+}
+
+/// The response body: the `retry:` hint, then one write per chunk of events, and keep-alive
+/// comments in quiet times. Ends (so the client reconnects with `Last-Event-ID`) when the
+/// subscription lags or the server shuts down; dropping it (the client went away) unsubscribes.
+fn frames(
+    chunks: Chunks,
+    batched: bool,
+    gauge: SubscriberGauge,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = BodyState { chunks, batched, keep_alive, _gauge: gauge };
+    let hello = Bytes::from(format!("retry: {}\n: flightdeck\n\n", RETRY.as_millis()));
+    let rest = futures::stream::unfold(state, |mut state| async move {
+        let bytes = tokio::select! {
+            chunk = state.chunks.next() => match chunk? {
+                Ok(events) => render(&events, state.batched),
+                Err(err) => {
+                    // Lagged or shutting down: end the stream; the client resumes after its last id.
+                    tracing::debug!(%err, "closing an SSE stream");
+                    return None;
+                }
+            },
+            _ = state.keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        state.keep_alive.reset();
+        Some((Ok(bytes), state))
+    });
+    futures::stream::once(async move { Ok(hello) }).chain(rest)
+}
+
+/// Renders a chunk: one frame per event, or (batched) one frame holding a JSON array, whose `id:`
+/// is its last event's position.
+pub(crate) fn render(events: &[Arc<Delivered>], batched: bool) -> Bytes {
+    let size: usize = events.iter().map(|e| e.json().len() + 50).sum();
+    let mut out = BytesMut::with_capacity(size + 2);
+    if batched {
+        let last = events.last().map(|e| e.position).unwrap_or(Position::START);
+        id_line(&mut out, last);
+        out.put_slice(b"data: [");
+        for (i, event) in events.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_slice(event.json());
+        }
+        out.put_slice(b"]\n\n");
+    } else {
+        for event in events {
+            id_line(&mut out, event.position);
+            out.put_slice(b"data: ");
+            out.put_slice(event.json());
+            out.put_slice(b"\n\n");
+        }
+    }
+    out.freeze()
+}
+
+fn id_line(out: &mut BytesMut, position: Position) {
+    let mut line = String::with_capacity(40);
+    // Writing to a String cannot fail.
+    let _ = write!(line, "id: {position}\n");
+    out.put_slice(line.as_bytes());
+}
+
+/// Parses `types=A,B&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>&batch=N,T`.
+pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request("invalid_query", format!("cannot read the query string: {e}")))?;
     let mut filter = Filter::default();
     let mut start = Start::Now;
+    let mut batch = None;
     for (key, value) in pairs {
         match key.as_str() {
             "types" => filter.types.extend(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from)),
@@ -88,13 +168,26 @@ pub(crate) fn parse_query(query: &str) -> Result<(Filter, Start), ApiError> {
                     ),
                 }
             }
+            "batch" => batch = Some(parse_batch(&value)?),
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",
-                    format!("unknown parameter {other:?} (known: types, channels, stream, streamPrefix, where, from)"),
+                    format!(
+                        "unknown parameter {other:?} (known: types, channels, stream, streamPrefix, where, from, batch)"
+                    ),
                 ));
             }
         }
     }
-    Ok((filter, start))
+    Ok(SseQuery { filter, start, batch })
+}
+
+/// `N,T`: up to N events per frame, waiting up to T milliseconds (`N` alone: T = 0).
+fn parse_batch(value: &str) -> Result<Batching, ApiError> {
+    let invalid = |why: String| ApiError::bad_request("invalid_batch", format!("batch={value:?}: {why}"));
+    let (events, delay) = value.split_once(',').unwrap_or((value, "0"));
+    let events: usize =
+        events.trim().parse().map_err(|_| invalid("expected N,T: events per frame, then milliseconds".into()))?;
+    let delay: u64 = delay.trim().parse().map_err(|_| invalid("T must be a whole number of milliseconds".into()))?;
+    Batching::new(events, Duration::from_millis(delay)).map_err(invalid)
 }
