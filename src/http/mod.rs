@@ -1,6 +1,7 @@
 //! The HTTP face of FlightDeck, as an axum [`Router`] an application can mount in its own server:
 //! ingestion, reads, the Server-Sent Events stream, and health probes.
 
+mod dashboard;
 mod error;
 mod health;
 mod ingest;
@@ -71,6 +72,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{*path}", get(dashboard::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
