@@ -107,7 +107,7 @@ function connectStats() {
   if (state.statsSource) state.statsSource.close();
   const params = statsQuery();
   params.delete('from');
-  params.set('window', `${STATS_WINDOW_MINUTES}m`);
+  params.set('minutes', String(STATS_WINDOW_MINUTES));
   const source = new EventSource(`/api/stats/stream?${params}`);
   source.onmessage = (message) => {
     try {
