@@ -150,10 +150,13 @@ pub async fn run(
                 _ = shutdown.cancelled() => break 'run,
                 _ = sleep_until(deadline) => break 'run,
             }
+            // Also here: when the server is slower than the rate, this loop waits on the senders.
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                progress(&snapshot(&counters, started, sessions, &mut last_report, &mut reported_events), false);
+            }
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
-            let snapshot = snapshot(&counters, started, sessions, &mut last_report, &mut reported_events);
-            progress(&snapshot, false);
+            progress(&snapshot(&counters, started, sessions, &mut last_report, &mut reported_events), false);
         }
     }
     drop(queue);
