@@ -91,17 +91,18 @@ fn parse(raw: &str, live: bool, now: DateTime<Utc>) -> Result<Parsed, ApiError> 
                     .filter(|n| (1..=TOP.1).contains(n))
                     .ok_or_else(|| bad(format!("top must be a whole number from 1 to {}, not {value:?}", TOP.1)))?
             }
-            ("minutes", true) => {
-                minutes =
-                    value.parse().ok().filter(|n| (1..=MAX_RANGE_DAYS * 24 * 60).contains(n)).ok_or_else(|| {
-                        bad(format!(
-                            "minutes must be a whole number from 1 to {}, not {value:?}",
-                            MAX_RANGE_DAYS * 1440
-                        ))
-                    })?
+            ("minutes" | "window", true) => {
+                minutes = window_minutes(&value).filter(|n| (1..=MAX_RANGE_DAYS * 24 * 60).contains(n)).ok_or_else(|| {
+                    bad(format!(
+                        "{key} must be a number of minutes from 1 to {}, or a duration such as 30m, 2h or 7d, not {value:?}",
+                        MAX_RANGE_DAYS * 1440
+                    ))
+                })?
             }
             (other, false) => return Err(bad(format!("unknown parameter {other:?} (known: site, from, to, top)"))),
-            (other, true) => return Err(bad(format!("unknown parameter {other:?} (known: site, minutes, top)"))),
+            (other, true) => {
+                return Err(bad(format!("unknown parameter {other:?} (known: site, window or minutes, top)")));
+            }
         }
     }
     let window = TimeDelta::minutes(minutes);
@@ -116,8 +117,22 @@ fn parse(raw: &str, live: bool, now: DateTime<Utc>) -> Result<Parsed, ApiError> 
     Ok(Parsed { query: StatsQuery { site, from, to, top }, window })
 }
 
-/// `GET /api/stats/stream?site=&minutes=&top=`: the stats of the last `minutes` (default 60), pushed
-/// as `data:` frames.
+/// A sliding window's length in minutes: `90` (minutes), `90m`, `2h` or `7d`.
+fn window_minutes(value: &str) -> Option<i64> {
+    let (number, unit) = match value.strip_suffix(['m', 'h', 'd']) {
+        Some(number) => (number, &value[number.len()..]),
+        None => (value, "m"),
+    };
+    let n: i64 = number.parse().ok()?;
+    n.checked_mul(match unit {
+        "h" => 60,
+        "d" => 1440,
+        _ => 1,
+    })
+}
+
+/// `GET /api/stats/stream?site=&window=&top=`: the stats of the last `window` (default 60 minutes),
+/// pushed as `data:` frames.
 async fn stream(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -191,7 +206,11 @@ mod tests {
         assert_eq!(ok.query.top, 5);
         let default = parse("", false, now).unwrap().query;
         assert_eq!((default.site, default.to - default.from, default.to), (None, TimeDelta::hours(1), now));
-        assert_eq!(parse("minutes=5", true, now).unwrap().window, TimeDelta::minutes(5));
+        for (query, minutes) in
+            [("minutes=5", 5), ("window=90", 90), ("window=60m", 60), ("window=2h", 120), ("window=7d", 10080)]
+        {
+            assert_eq!(parse(query, true, now).unwrap().window, TimeDelta::minutes(minutes), "{query}");
+        }
         let bad = [
             ("from=yesterday", false, "from \"yesterday\" is not an RFC 3339 time"),
             ("to=2025-01-31T09:00:00Z&from=2025-01-31T10:00:00Z", false, "must be before to"),
@@ -201,6 +220,8 @@ mod tests {
             ("colour=red", false, "unknown parameter \"colour\""),
             ("from=2025-01-31T10:00:00Z", true, "unknown parameter \"from\""),
             ("minutes=0", true, "minutes must be"),
+            ("window=2w", true, "window must be"),
+            ("window=32d", true, "window must be"),
         ];
         for (query, live, words) in bad {
             let err = parse(query, live, now).unwrap_err();

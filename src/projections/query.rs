@@ -56,7 +56,7 @@ pub struct PageCount {
     /// The page path.
     pub path: String,
     /// Views in the range.
-    pub views: i64,
+    pub count: i64,
 }
 
 /// Interactions with one element.
@@ -65,7 +65,7 @@ pub struct ElementCount {
     /// The element's name.
     pub element: String,
     /// Interactions in the range.
-    pub interactions: i64,
+    pub count: i64,
 }
 
 /// Submissions of one form.
@@ -74,7 +74,7 @@ pub struct FormCount {
     /// The form's name.
     pub form: String,
     /// Submissions in the range.
-    pub submissions: i64,
+    pub count: i64,
 }
 
 /// One minute of the series (minutes without events are left out).
@@ -202,10 +202,9 @@ pub async fn stats(store: &Store, query: &StatsQuery) -> Result<Stats, Projectio
     tx.commit().await?;
     let mut tops = tops.into_iter();
     let mut next = || tops.next().unwrap_or_default();
-    let page_views = next().into_iter().map(|(path, views)| PageCount { path, views }).collect();
-    let interactions =
-        next().into_iter().map(|(element, interactions)| ElementCount { element, interactions }).collect();
-    let form_submissions = next().into_iter().map(|(form, submissions)| FormCount { form, submissions }).collect();
+    let page_views = next().into_iter().map(|(path, count)| PageCount { path, count }).collect();
+    let interactions = next().into_iter().map(|(element, count)| ElementCount { element, count }).collect();
+    let form_submissions = next().into_iter().map(|(form, count)| FormCount { form, count }).collect();
     Ok(Stats {
         site: query.site.clone(),
         from,

@@ -59,9 +59,9 @@ async fn ranges_are_whole_minutes_of_event_time() {
     }
     let all = analytics.stats(&format!("from={}&to={}", at(base), at(minutes(10)))).await;
     assert_eq!(all["site"], Value::Null);
-    assert_eq!(all["pageViews"], json!([{"path": "/a", "views": 1}, {"path": "/b", "views": 1}]));
+    assert_eq!(all["pageViews"], json!([{"path": "/a", "count": 1}, {"path": "/b", "count": 1}]));
     assert_eq!(all["perMinute"].as_array().unwrap().len(), 3);
-    assert_eq!(all["formSubmissions"], json!([{"form": "f", "submissions": 1}]));
+    assert_eq!(all["formSubmissions"], json!([{"form": "f", "count": 1}]));
     let top = analytics.stats(&format!("from={}&to={}&top=1", at(base), at(minutes(10)))).await;
     assert_eq!(top["pageViews"].as_array().unwrap().len(), 1);
 
@@ -111,7 +111,7 @@ async fn bad_parameters_are_400s() {
 async fn the_live_stream_pushes_new_numbers() {
     let db = common::test_db().await;
     let analytics = Analytics::start(&db).await;
-    let mut live = SseClient::connect(&analytics.app.url("/api/stats/stream?site=live&minutes=10&top=3"), None).await;
+    let mut live = SseClient::connect(&analytics.app.url("/api/stats/stream?site=live&window=10m&top=3"), None).await;
     let first: Value = serde_json::from_str(&live.next().await.unwrap().data).unwrap();
     assert_eq!(reported(&first).totals, [0, 0, 0], "{first}");
     for i in 0..3 {
@@ -125,7 +125,7 @@ async fn the_live_stream_pushes_new_numbers() {
         if got.totals == [6, 0, 0] {
             assert_eq!(got.unique_sessions, 3);
             assert_eq!(frame["activeSessions"], 3);
-            assert_eq!(frame["pageViews"], json!([{"path": "/", "views": 3}, {"path": "/next", "views": 3}]));
+            assert_eq!(frame["pageViews"], json!([{"path": "/", "count": 3}, {"path": "/next", "count": 3}]));
             break;
         }
         assert!(got.totals[0] < 6 && frames < 10, "{frame}");

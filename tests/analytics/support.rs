@@ -167,9 +167,9 @@ pub fn reported(stats: &Value) -> Raw {
             totals["ElementInteraction"].as_i64().unwrap(),
             totals["FormSubmitted"].as_i64().unwrap(),
         ],
-        pages: map("pageViews", "path", "views"),
-        elements: map("interactions", "element", "interactions"),
-        forms: map("formSubmissions", "form", "submissions"),
+        pages: map("pageViews", "path", "count"),
+        elements: map("interactions", "element", "count"),
+        forms: map("formSubmissions", "form", "count"),
         per_minute: stats["perMinute"]
             .as_array()
             .unwrap()
