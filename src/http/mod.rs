@@ -8,8 +8,11 @@ mod ingest;
 mod metrics;
 mod read;
 mod sse;
+mod stats;
+mod tracker;
 
 pub use error::ApiError;
+pub use tracker::MAX_TRACK_BODY;
 
 use std::sync::{Arc, OnceLock};
 
@@ -18,6 +21,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 use crate::bus::Bus;
+use crate::projections::Projections;
 use crate::store::Store;
 
 /// Largest request body accepted by default (1 MiB).
@@ -31,12 +35,19 @@ pub struct AppState {
     /// Set once the database is prepared and the bus runs; until then the API answers 503.
     bus: Arc<OnceLock<Bus>>,
     max_body: usize,
+    /// The stats projector, for the live stats stream; set once it runs.
+    projections: Arc<OnceLock<Projections>>,
 }
 
 impl AppState {
     /// State over `store`; not ready until [`AppState::set_bus`].
     pub fn new(store: Store) -> Self {
-        AppState { store, bus: Arc::new(OnceLock::new()), max_body: DEFAULT_MAX_BODY }
+        AppState {
+            store,
+            bus: Arc::new(OnceLock::new()),
+            max_body: DEFAULT_MAX_BODY,
+            projections: Arc::new(OnceLock::new()),
+        }
     }
 
     /// State for an application that runs its own bus.
@@ -62,6 +73,16 @@ impl AppState {
         self.bus.get().is_some()
     }
 
+    /// Hands the running stats projector to the live stats stream (`/api/stats/stream`).
+    pub fn set_projections(&self, projections: Projections) {
+        let _ = self.projections.set(projections);
+    }
+
+    /// The stats projector, or a 503 if this server runs none (yet).
+    pub(crate) fn projections(&self) -> Result<&Projections, ApiError> {
+        self.projections.get().ok_or_else(|| ApiError::unavailable("the stats projector is not running (yet)"))
+    }
+
     /// The bus, or a 503 while FlightDeck is still starting.
     pub(crate) fn bus(&self) -> Result<&Bus, ApiError> {
         self.bus.get().ok_or_else(|| ApiError::unavailable("FlightDeck is still connecting to its database"))
@@ -80,6 +101,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(sse::stream).post(ingest::ingest))
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))
+        .merge(tracker::routes())
+        .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
