@@ -267,13 +267,11 @@ impl Session {
                 ),
             ));
         }
-        // "now" starts after the last event already delivered, a position the client can resume
-        // from exactly if the connection is lost before any event of this subscription arrives.
+        // For "now", the position reported is the last one delivered before subscribing: every
+        // later event is either delivered on this subscription or replayed by a resume from it, so
+        // a client that loses the connection before any event arrives loses nothing either.
         let (start, position) = match from {
-            StartAt::Now => {
-                let now = self.bus.delivered();
-                (Start::After(now), now)
-            }
+            StartAt::Now => (Start::Now, self.bus.delivered()),
             StartAt::Start => (Start::Beginning, Position::START),
             StartAt::After(position) => (Start::After(position), position),
         };
