@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -231,7 +232,7 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
 }
 
 #[tokio::test]
-async fn a_message_over_the_protocol_limit_closes_with_1009() {
+async fn protocol_violations_close_with_1009_and_1007() {
     let db = common::test_db().await;
     let app = App::start(&db).await;
     let mut ws = WsClient::connect(&app.base).await;
@@ -240,6 +241,13 @@ async fn a_message_over_the_protocol_limit_closes_with_1009() {
     assert!(frames.is_empty(), "{frames:?}");
     assert_eq!(closed.code, 1009, "{closed:?}");
     assert!(closed.reason.contains("too big"), "{closed:?}");
+
+    // A text frame that is not UTF-8 breaks the WebSocket protocol itself: 1007.
+    let mut ws = WsClient::connect(&app.base).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send_raw(Message::Frame(frame)).await;
+    let (_, closed) = ws.until_closed().await;
+    assert_eq!(closed.code, 1007, "{closed:?}");
     app.stop().await;
 }
 

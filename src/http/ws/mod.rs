@@ -13,6 +13,7 @@
 //! | code | when | the client should |
 //! | --- | --- | --- |
 //! | 1001 going away | the server shuts down | reconnect (to another server) and resume |
+//! | 1002 protocol error, 1007 invalid data | the client broke RFC 6455 (e.g. unmasked frames) or sent a text frame that is not UTF-8 | fix the client |
 //! | 1009 message too big | a message over [`WsConfig::max_message`] | not send it again |
 //! | 1013 try again later | the client fell behind: a subscription lagged the bus, or the queue of answers overflowed; or the event store could not be read | reconnect and resume each subscription from its last position |
 //!

@@ -39,6 +39,8 @@ const MAX_WRITE: usize = 256;
 
 /// Close codes (see the module docs of `ws`).
 const GOING_AWAY: u16 = 1001;
+const PROTOCOL_ERROR: u16 = 1002;
+const INVALID_DATA: u16 = 1007;
 const TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
 
@@ -208,22 +210,28 @@ impl Session {
         result.err()
     }
 
-    /// An error from the WebSocket layer: an oversized message gets 1009, anything else means
-    /// the socket is unusable.
+    /// An error from the WebSocket layer. The incoming half is done for, but the peer may still
+    /// read: an oversized message gets 1009, invalid UTF-8 1007, a protocol violation 1002;
+    /// anything else (a reset, an I/O error) means the socket is unusable.
     fn on_error(&self, err: axum::Error) -> End {
-        match err.into_inner().downcast::<tungstenite::Error>() {
-            Ok(err) if matches!(*err, tungstenite::Error::Capacity(_)) => End::Close(
+        let err = match err.into_inner().downcast::<tungstenite::Error>() {
+            Ok(err) => *err,
+            Err(err) => {
+                tracing::debug!(%err, "WebSocket read failed");
+                return End::Gone;
+            }
+        };
+        tracing::debug!(%err, "WebSocket read failed");
+        match err {
+            tungstenite::Error::Capacity(_) => End::Close(
                 TOO_BIG,
                 reason(&format!("message too big: at most {} bytes ({err})", self.config.max_message)),
             ),
-            Ok(err) => {
-                tracing::debug!(%err, "WebSocket read failed");
-                End::Gone
+            tungstenite::Error::Utf8(_) => End::Close(INVALID_DATA, "a text frame is not valid UTF-8".into()),
+            tungstenite::Error::Protocol(ref violation) => {
+                End::Close(PROTOCOL_ERROR, reason(&format!("protocol error: {violation}")))
             }
-            Err(err) => {
-                tracing::debug!(%err, "WebSocket read failed");
-                End::Gone
-            }
+            _ => End::Gone,
         }
     }
 
