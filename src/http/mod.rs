@@ -1,5 +1,5 @@
 //! The HTTP face of FlightDeck, as an axum [`Router`] an application can mount in its own server:
-//! ingestion, reads, the Server-Sent Events stream, and health probes.
+//! ingestion, reads, the Server-Sent Events stream, the WebSocket, and health probes.
 
 mod dashboard;
 mod error;
@@ -10,9 +10,11 @@ mod read;
 mod sse;
 mod stats;
 mod tracker;
+mod ws;
 
 pub use error::ApiError;
 pub use tracker::MAX_TRACK_BODY;
+pub use ws::WsConfig;
 
 use std::sync::{Arc, OnceLock};
 
@@ -37,6 +39,8 @@ pub struct AppState {
     max_body: usize,
     /// The stats projector, for the live stats stream; set once it runs.
     projections: Arc<OnceLock<Projections>>,
+    /// Limits and timers of `/ws/events`.
+    ws: WsConfig,
 }
 
 impl AppState {
@@ -47,6 +51,7 @@ impl AppState {
             bus: Arc::new(OnceLock::new()),
             max_body: DEFAULT_MAX_BODY,
             projections: Arc::new(OnceLock::new()),
+            ws: WsConfig::default(),
         }
     }
 
@@ -60,6 +65,12 @@ impl AppState {
     /// Sets the largest accepted request body, in bytes.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
+        self
+    }
+
+    /// Sets the WebSocket limits and timers (see [`WsConfig`]).
+    pub fn ws_config(mut self, config: WsConfig) -> Self {
+        self.ws = config;
         self
     }
 
@@ -101,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(sse::stream).post(ingest::ingest))
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))
+        .route("/ws/events", get(ws::events))
         .merge(tracker::routes())
         .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
