@@ -218,3 +218,80 @@ async fn shutdown_ends_open_streams() {
     app.stop().await;
     assert_eq!(tokio::time::timeout(Duration::from_secs(10), ended).await.unwrap().unwrap(), None);
 }
+
+/// Reads batched frames until `n` events have arrived; returns each frame's id and its events.
+async fn batches(sse: &mut SseClient, n: usize) -> Vec<(String, Vec<Value>)> {
+    let mut frames = Vec::new();
+    let mut total = 0;
+    while total < n {
+        let frame = sse.next().await.unwrap_or_else(|| panic!("stream ended after {total} of {n} events"));
+        if frame.data.is_empty() {
+            continue;
+        }
+        let events: Vec<Value> = serde_json::from_str(&frame.data).unwrap();
+        assert!(!events.is_empty(), "a batch frame holds at least one event");
+        total += events.len();
+        frames.push((frame.id.unwrap(), events));
+    }
+    assert_eq!(total, n, "no more events than asked for");
+    frames
+}
+
+#[tokio::test]
+async fn sse_batching_coalesces_events_and_resumes_exactly() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    let events: Vec<Value> = (0..100).map(|i| json!({"stream": "b", "type": "E", "data": i})).collect();
+    assert_eq!(app.post(Value::Array(events)).await.0, 201);
+
+    // A replay of 100 events in batches of at most 40: every event once, in order, in few frames,
+    // each frame's id being its last event's position.
+    let mut sse = SseClient::connect(&app.url("/api/events?from=start&batch=40,100"), None).await;
+    let frames = batches(&mut sse, 100).await;
+    assert!(frames.len() >= 3 && frames.len() < 10, "{} frames", frames.len());
+    for (id, events) in &frames {
+        assert!(events.len() <= 40);
+        assert_eq!(events.last().unwrap()["position"].as_str().unwrap(), id);
+    }
+    let data: Vec<i64> = frames.iter().flat_map(|(_, e)| e.iter().map(|e| e["data"].as_i64().unwrap())).collect();
+    assert_eq!(data, (0..100).collect::<Vec<_>>());
+
+    // Live: a burst of 30 events (one atomic append) arrives in fewer frames than events.
+    let burst: Vec<Value> = (100..130).map(|i| json!({"stream": "b", "type": "E", "data": i})).collect();
+    assert_eq!(app.post(Value::Array(burst)).await.0, 201);
+    let live = batches(&mut sse, 30).await;
+    assert!(live.len() < 30, "{} frames for 30 events", live.len());
+    let data: Vec<i64> = live.iter().flat_map(|(_, e)| e.iter().map(|e| e["data"].as_i64().unwrap())).collect();
+    assert_eq!(data, (100..130).collect::<Vec<_>>());
+    drop(sse);
+
+    // Resuming after a batch's id continues with the next event, batched or not.
+    let mut resumed = SseClient::connect(&app.url("/api/events?batch=1000,50"), Some(&frames[0].0)).await;
+    let after_first = frames[0].1.len() as i64;
+    let rest = batches(&mut resumed, (130 - after_first) as usize).await;
+    let data: Vec<i64> = rest.iter().flat_map(|(_, e)| e.iter().map(|e| e["data"].as_i64().unwrap())).collect();
+    assert_eq!(data, (after_first..130).collect::<Vec<_>>());
+    let mut single = SseClient::connect(&app.url("/api/events"), Some(&frames[0].0)).await;
+    let got = single.events(130 - after_first as usize).await;
+    assert_eq!(got[0].1["data"].as_i64().unwrap(), after_first);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_batch_parameters_are_refused_before_the_stream() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    for (query, needle) in [
+        ("batch=0,10", "maxEvents must be between 1 and 10000"),
+        ("batch=abc", "expected N,T"),
+        ("batch=10,soon", "whole number of milliseconds"),
+        ("batch=10,60000", "maxDelayMs must be at most 10000"),
+    ] {
+        let (status, body) = app.get(&format!("/api/events?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_batch", "{query}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{query}: {message}");
+    }
+    app.stop().await;
+}

@@ -36,6 +36,9 @@ pub enum FilterError {
     /// Not `data.<path>:<value>` (or `=`).
     #[error("filter {0:?} is not of the form data.<field>:<value>, e.g. data.pageId:home")]
     Malformed(String),
+    /// A field path that is not `data.<field>` (nested: `data.<field>.<field>`).
+    #[error("field {0:?} is not of the form data.<field>, e.g. data.pageId or data.user.plan")]
+    BadPath(String),
 }
 
 impl FieldMatch {
@@ -45,15 +48,18 @@ impl FieldMatch {
         let bad = || FilterError::Malformed(expr.chars().take(200).collect());
         let split = expr.find([':', '=']).ok_or_else(bad)?;
         let (path, value) = (&expr[..split], &expr[split + 1..]);
-        let path = path.strip_prefix("data.").ok_or_else(bad)?;
-        let path: Vec<String> = path.split('.').map(str::to_string).collect();
-        if path.iter().any(String::is_empty) {
-            return Err(bad());
-        }
+        let path = data_path(path).ok_or_else(bad)?;
         let value = match serde_json::from_str::<Value>(value) {
             Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::String(_) | Value::Null)) => v,
             _ => Value::String(value.to_string()),
         };
+        Ok(FieldMatch { path, value })
+    }
+
+    /// A test that the field at `path` (`data.pageId`, `data.user.plan`) equals the JSON `value`
+    /// exactly (the WebSocket form, `"where":{"data.pageId":"home"}`: `3` and `"3"` differ).
+    pub fn new(path: &str, value: Value) -> Result<Self, FilterError> {
+        let path = data_path(path).ok_or_else(|| FilterError::BadPath(path.chars().take(200).collect()))?;
         Ok(FieldMatch { path, value })
     }
 
@@ -67,6 +73,12 @@ impl FieldMatch {
         }
         at == &self.value
     }
+}
+
+/// `data.a.b` as `["a", "b"]`; `None` without the `data.` prefix or with an empty key.
+fn data_path(path: &str) -> Option<Vec<String>> {
+    let path: Vec<String> = path.strip_prefix("data.")?.split('.').map(str::to_string).collect();
+    (!path.iter().any(String::is_empty)).then_some(path)
 }
 
 impl Filter {
@@ -134,5 +146,25 @@ mod tests {
             assert!(FieldMatch::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(FieldMatch::parse("data.a:b:c").unwrap().value, json!("b:c"));
+    }
+
+    #[test]
+    fn field_matches_from_a_path_and_a_json_value() {
+        let home = event("PageViewed", "s", json!({"pageId": "home", "n": 3, "user": {"plan": "pro"}, "tags": ["a"]}));
+        let matches = |path: &str, value: Value| {
+            let filter = Filter { fields: vec![FieldMatch::new(path, value).unwrap()], ..Filter::default() };
+            filter.matches(&home)
+        };
+        assert!(matches("data.pageId", json!("home")));
+        assert!(matches("data.n", json!(3)));
+        assert!(!matches("data.n", json!("3")), "JSON values compare exactly: 3 is not \"3\"");
+        assert!(matches("data.user.plan", json!("pro")));
+        assert!(matches("data.user", json!({"plan": "pro"})));
+        assert!(matches("data.tags", json!(["a"])));
+        assert!(!matches("data.missing", json!(null)));
+        assert_eq!(FieldMatch::new("data.user.plan", json!(1)).unwrap().path, vec!["user", "plan"]);
+        for bad in ["pageId", "data.", "data..a", "data.a.", ""] {
+            assert_eq!(FieldMatch::new(bad, json!(1)), Err(FilterError::BadPath(bad.into())), "{bad}");
+        }
     }
 }

@@ -100,6 +100,9 @@ async fn session(
             Some(payload) = notes.recv() => {
                 shared.stats.notifications.fetch_add(1, Ordering::Relaxed);
                 match payload.parse::<Position>() {
+                    // Already delivered (typically this process's own wake-up coming back): a
+                    // read now would find nothing.
+                    Ok(position) if position <= *shared.delivered.borrow() => {}
                     Ok(position) => shared.hint(position),
                     Err(_) => shared.wake.notify_one(),
                 }

@@ -111,6 +111,10 @@ pub struct BusStats {
     pub appended: AtomicU64,
     /// Open Server-Sent Events streams (kept by the HTTP layer).
     pub sse_subscribers: AtomicU64,
+    /// Open WebSocket connections (kept by the HTTP layer).
+    pub ws_sockets: AtomicU64,
+    /// Subscriptions on open WebSocket connections (several per socket).
+    pub ws_subscriptions: AtomicU64,
     /// Delivery lag of each event the pump broadcast (broadcast time minus the event's stored
     /// timestamp): counts per bucket of [`BusStats::LAG_BUCKETS`], the last one for larger lags.
     pub delivery_lag_buckets: [AtomicU64; BusStats::LAG_BUCKETS.len() + 1],
@@ -244,6 +248,12 @@ impl Bus {
     /// Subscribes with `filter`, starting at `start`. Dropping the subscription unsubscribes.
     pub fn subscribe(&self, filter: Filter, start: Start) -> Subscription {
         Subscription::new(self.shared.clone(), filter, start)
+    }
+
+    /// Resolves once the bus shuts down, for connections that must close then even while they
+    /// have no subscription to tell them.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.shared.shutdown.clone().cancelled_owned()
     }
 
     /// The store behind the bus.

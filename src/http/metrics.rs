@@ -9,6 +9,8 @@
 //! | --- | --- | --- |
 //! | `flightdeck_ready` | gauge | 1 once the database is prepared and the bus runs |
 //! | `flightdeck_subscribers{transport="sse"}` | gauge | open Server-Sent Events streams |
+//! | `flightdeck_subscribers{transport="ws"}` | gauge | open WebSocket connections |
+//! | `flightdeck_subscriptions{transport="sse"\|"ws"}` | gauge | subscriptions by transport: one per SSE stream, any number per WebSocket |
 //! | `flightdeck_events_appended_total` | counter | events newly written through this process's bus (retries that stored nothing are not counted) |
 //! | `flightdeck_events_delivered_total` | counter | events the pump read from the log and broadcast to this process's subscribers (once each, however many subscribers) |
 //! | `flightdeck_delivery_lag_seconds` | histogram | per delivered event: the pump's broadcast time minus the event's stored timestamp (taken at insert, before commit), so it covers commit, waiting for older transactions, and waking the pump |
@@ -59,7 +61,19 @@ fn render(stats: Option<&BusStats>, ready: bool) -> String {
         "flightdeck_subscribers",
         "gauge",
         "Open subscriber connections, by transport.",
-        &[("{transport=\"sse\"}", load(&stats.sse_subscribers).to_string())],
+        &[
+            ("{transport=\"sse\"}", load(&stats.sse_subscribers).to_string()),
+            ("{transport=\"ws\"}", load(&stats.ws_sockets).to_string()),
+        ],
+    );
+    metric(
+        "flightdeck_subscriptions",
+        "gauge",
+        "Open subscriptions, by transport (one per SSE stream; any number per WebSocket).",
+        &[
+            ("{transport=\"sse\"}", load(&stats.sse_subscribers).to_string()),
+            ("{transport=\"ws\"}", load(&stats.ws_subscriptions).to_string()),
+        ],
     );
     metric(
         "flightdeck_events_appended_total",
@@ -139,23 +153,38 @@ fn lag_samples(stats: &BusStats) -> Vec<(&'static str, String)> {
     samples
 }
 
-/// Counts one open subscriber connection while it lives: created when a stream opens, dropped
-/// (however the stream ends: client gone, lag, shutdown) when it closes.
+/// Counts one open subscriber connection (or WebSocket subscription) while it lives: created when
+/// it opens, dropped (however it ends: client gone, lag, shutdown, unsubscribe) when it closes.
 pub(super) struct SubscriberGauge {
     bus: Bus,
+    counter: fn(&BusStats) -> &AtomicU64,
 }
 
 impl SubscriberGauge {
     /// Counts an open Server-Sent Events stream.
     pub(super) fn sse(bus: &Bus) -> Self {
-        bus.stats().sse_subscribers.fetch_add(1, Ordering::Relaxed);
-        SubscriberGauge { bus: bus.clone() }
+        Self::count(bus, |stats| &stats.sse_subscribers)
+    }
+
+    /// Counts an open WebSocket connection.
+    pub(super) fn ws(bus: &Bus) -> Self {
+        Self::count(bus, |stats| &stats.ws_sockets)
+    }
+
+    /// Counts one subscription on a WebSocket connection.
+    pub(super) fn ws_subscription(bus: &Bus) -> Self {
+        Self::count(bus, |stats| &stats.ws_subscriptions)
+    }
+
+    fn count(bus: &Bus, counter: fn(&BusStats) -> &AtomicU64) -> Self {
+        counter(bus.stats()).fetch_add(1, Ordering::Relaxed);
+        SubscriberGauge { bus: bus.clone(), counter }
     }
 }
 
 impl Drop for SubscriberGauge {
     fn drop(&mut self) {
-        self.bus.stats().sse_subscribers.fetch_sub(1, Ordering::Relaxed);
+        (self.counter)(self.bus.stats()).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -178,6 +207,9 @@ mod tests {
     fn renders_help_type_and_cumulative_buckets() {
         let stats = BusStats::default();
         stats.delivered.store(3, Ordering::Relaxed);
+        stats.sse_subscribers.store(1, Ordering::Relaxed);
+        stats.ws_sockets.store(2, Ordering::Relaxed);
+        stats.ws_subscriptions.store(5, Ordering::Relaxed);
         stats.observe_lag(Duration::from_micros(500));
         stats.observe_lag(Duration::from_millis(30));
         stats.observe_lag(Duration::from_secs(60));
@@ -193,7 +225,11 @@ mod tests {
             "flightdeck_delivery_lag_seconds_count 3",
             "flightdeck_events_delivered_total 3",
             "flightdeck_ready 1",
-            "flightdeck_subscribers{transport=\"sse\"} 0",
+            "flightdeck_subscribers{transport=\"sse\"} 1",
+            "flightdeck_subscribers{transport=\"ws\"} 2",
+            "# TYPE flightdeck_subscriptions gauge",
+            "flightdeck_subscriptions{transport=\"sse\"} 1",
+            "flightdeck_subscriptions{transport=\"ws\"} 5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

@@ -1,5 +1,5 @@
 //! The HTTP face of FlightDeck, as an axum [`Router`] an application can mount in its own server:
-//! ingestion, reads, the Server-Sent Events stream, and health probes.
+//! ingestion, reads, the Server-Sent Events stream, the WebSocket, and health probes.
 
 mod assets;
 mod error;
@@ -8,8 +8,10 @@ mod ingest;
 mod metrics;
 mod read;
 mod sse;
+mod ws;
 
 pub use error::ApiError;
+pub use ws::WsConfig;
 
 use std::sync::{Arc, OnceLock};
 
@@ -31,12 +33,14 @@ pub struct AppState {
     /// Set once the database is prepared and the bus runs; until then the API answers 503.
     bus: Arc<OnceLock<Bus>>,
     max_body: usize,
+    /// Limits and timers of `/ws/events`.
+    ws: WsConfig,
 }
 
 impl AppState {
     /// State over `store`; not ready until [`AppState::set_bus`].
     pub fn new(store: Store) -> Self {
-        AppState { store, bus: Arc::new(OnceLock::new()), max_body: DEFAULT_MAX_BODY }
+        AppState { store, bus: Arc::new(OnceLock::new()), max_body: DEFAULT_MAX_BODY, ws: WsConfig::default() }
     }
 
     /// State for an application that runs its own bus.
@@ -49,6 +53,12 @@ impl AppState {
     /// Sets the largest accepted request body, in bytes.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
+        self
+    }
+
+    /// Sets the WebSocket limits and timers (see [`WsConfig`]).
+    pub fn ws_config(mut self, config: WsConfig) -> Self {
+        self.ws = config;
         self
     }
 
@@ -79,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(sse::stream).post(ingest::ingest))
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))
+        .route("/ws/events", get(ws::events))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -135,7 +135,7 @@ pub(crate) fn render(events: &[Arc<Delivered>], batched: bool) -> Bytes {
 fn id_line(out: &mut BytesMut, position: Position) {
     let mut line = String::with_capacity(40);
     // Writing to a String cannot fail.
-    let _ = write!(line, "id: {position}\n");
+    let _ = writeln!(line, "id: {position}");
     out.put_slice(line.as_bytes());
 }
 

@@ -181,9 +181,18 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats) {
 async fn together(store: &Store, batch: &[Request]) -> Result<Vec<AppendOutcome>, Option<usize>> {
     let client = store.pool().get().await.map_err(|_| None)?;
     client.batch_execute("BEGIN").await.map_err(|_| None)?;
+    // All the batch's statements are sent at once (tokio-postgres pipelines concurrent queries on
+    // one connection, and runs them in the order sent): one round trip for the batch instead of
+    // one per append. After a failed statement the rest fail too ("transaction is aborted"), so
+    // the first that did not insert cleanly is the one that spoiled the batch.
+    let results =
+        join_all(batch.iter().map(|request| {
+            try_insert(&client, None, IN_TRANSACTION, &request.stream, request.expected, &request.events)
+        }))
+        .await;
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (index, request) in batch.iter().enumerate() {
-        match try_insert(&client, None, IN_TRANSACTION, &request.stream, request.expected, &request.events).await {
+    for (index, result) in results.into_iter().enumerate() {
+        match result {
             Ok(Some(outcome)) => outcomes.push(outcome),
             _ => {
                 // A failed statement aborted the transaction; ROLLBACK ends it either way.

@@ -128,7 +128,7 @@ impl Store {
     /// Never returns an event ordered before one a previous call returned.
     pub async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = self.pool.get().await?;
-        read::all(&**client, after, limit).await
+        read::all(&client, after, limit).await
     }
 
     /// The position of the last event readers can see ([`Position::START`] if none).

@@ -4,6 +4,7 @@
 //! running (`xid < pg_snapshot_xmin(pg_current_snapshot())`): those rows are final, and every row
 //! committed later has a larger xid, so it sorts after everything already read.
 
+use deadpool_postgres::Object;
 use tokio_postgres::GenericClient;
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
@@ -40,20 +41,20 @@ pub(crate) async fn event<C: GenericClient>(client: &C, id: Uuid) -> Result<Opti
     row.as_ref().map(to_event).transpose()
 }
 
-pub(crate) async fn all<C: GenericClient>(
-    client: &C,
-    after: Position,
-    limit: u32,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!(
+fn all_sql() -> String {
+    format!(
         "SELECT {COLUMNS} FROM flightdeck.events e \
          WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND {HORIZON} \
          ORDER BY e.xid, e.seq LIMIT $3"
-    );
+    )
+}
+
+/// Reads the global log after `after` with a statement prepared once per pooled connection: the
+/// pump and every replay run this query, so parsing and planning it each time would be waste.
+pub(crate) async fn all(client: &Object, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+    let statement = client.prepare_typed_cached(&all_sql(), &[Type::TEXT, Type::INT8, Type::INT8]).await?;
     let xid = after.xid_text();
-    let rows = client
-        .query_typed(&sql, &[(&xid, Type::TEXT), (&after.seq_i64(), Type::INT8), (&i64::from(limit), Type::INT8)])
-        .await?;
+    let rows = client.query(&statement, &[&xid, &after.seq_i64(), &i64::from(limit)]).await?;
     rows.iter().map(to_event).collect()
 }
 

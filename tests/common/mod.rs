@@ -90,3 +90,4 @@ pub mod app;
 pub mod process;
 pub mod resilient;
 pub mod sse;
+pub mod ws;
