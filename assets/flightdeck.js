@@ -188,7 +188,9 @@ export class Subscription {
     this._options = options;
     /** @type {SubscriptionState} */
     this._state = 'connecting';
-    /** @type {string|null} */
+    /** The position everything up to which is handled: the last event handed out, or where the
+     * server said the subscription started. Resumes go after it; events at or before it are dropped.
+     * @type {string|null} */
     this._last = null;
     this._byType = new Map();
     this._eventHandlers = [];
@@ -211,7 +213,10 @@ export class Subscription {
     return this._state;
   }
 
-  /** @returns {string|null} the position of the last event handed to handlers, or null before the first. */
+  /**
+   * @returns {string|null} the position this subscription resumes after: the last event handed to
+   *   handlers, or where the server started it (WebSocket), or null before either.
+   */
   get lastPosition() {
     return this._last;
   }
@@ -325,8 +330,14 @@ export class Subscription {
     }
   }
 
-  /** The connection is up and the server accepted the subscription. */
-  _opened() {
+  /**
+   * The connection is up and the server accepted the subscription, starting after `position` if
+   * it said so (then a resume before any event arrives starts there, not at "now").
+   */
+  _opened(position) {
+    if (typeof position === 'string' && POSITION.test(position) && (this._last === null || position > this._last)) {
+      this._last = position;
+    }
     if (this._state !== 'closed' && this._state !== 'open') this._emitState('open');
   }
 
@@ -528,7 +539,9 @@ class WsTransport {
   constructor(sub, connection) {
     this.sub = sub;
     this.connection = connection;
-    this.id = connection.add(this);
+    /** The subscription's id on the socket, set by `connection.add`. */
+    this.id = '';
+    connection.add(this);
   }
 
   /** The subscribe request, resuming after the last event handed out. */
@@ -574,15 +587,15 @@ class WsConnection {
     this.backoff = null;
   }
 
-  /** Adds a subscription and returns its id; subscribes at once if the socket is open. */
+  /** Adds a subscription, giving it its id; subscribes at once if the socket is open. */
   add(transport) {
     const id = `s${++this.counter}`;
+    transport.id = id;
     this.subs.set(id, transport);
     // The first subscription's backoff settings apply to the socket.
     if (!this.backoff) this.backoff = new Backoff(transport.sub._options.reconnect);
     if (this.ready) this.send(transport.request());
     else if (!this.socket && !this.timer) this.open();
-    return id;
   }
 
   remove(transport) {
@@ -639,7 +652,7 @@ class WsConnection {
     const sub = (id) => this.subs.get(id)?.sub;
     switch (frame?.op) {
       case 'subscribed':
-        sub(frame.id)?._opened();
+        sub(frame.id)?._opened(frame.position);
         this.backoff.reset();
         break;
       case 'event':

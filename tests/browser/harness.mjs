@@ -198,7 +198,7 @@ export async function openPage(browser, server) {
   page.on('console', (message) => {
     // Network failures (a server being restarted, the favicon the server does not have) are the
     // browser's own reports; anything else logged as an error is a problem.
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+    if (message.type() === 'error' && !/^(Failed to load resource|WebSocket connection to .* failed)/.test(message.text())) {
       problems.push(`console: ${message.text()}`);
     }
   });
@@ -211,9 +211,14 @@ export async function openPage(browser, server) {
 
 /** Waits until every named subscription on the page is open. */
 export async function waitOpen(page, names) {
-  await page.waitForFunction((list) => list.every((name) => window.subs[name]?.state === 'open'), names, {
-    polling: 50,
-  });
+  try {
+    await page.waitForFunction((list) => list.every((name) => window.subs[name]?.state === 'open'), names, {
+      polling: 50,
+    });
+  } catch (err) {
+    const logs = await page.evaluate((list) => list.map((n) => [n, window.logs[n]?.states, window.logs[n]?.errors]), names);
+    throw new Error(`not all open: ${JSON.stringify(logs)}`, { cause: err });
+  }
 }
 
 /** Waits until `window.logs[name].events` holds at least `count` events; returns the log. */
