@@ -666,15 +666,18 @@ class WsConnection {
           String(frame.code ?? 'error'),
           `flightdeck: the server refused the subscription: ${frame.message ?? JSON.stringify(frame)}`,
         );
-        const target = frame.id !== undefined ? this.subs.get(frame.id) : undefined;
-        if (target) {
-          // Refused for good: drop it here without an unsubscribe the server has nothing for.
-          this.subs.delete(frame.id);
-          target.sub._refused(error);
-          if (this.subs.size === 0) this.shutdown();
-        } else {
+        if (frame.id === undefined) {
+          // About no subscription in particular (a frame the server could not read).
           this.broadcastError(error);
+          break;
         }
+        const target = this.subs.get(frame.id);
+        // An error about a subscription already closed here concerns no one.
+        if (!target) break;
+        // Refused for good: drop it here without an unsubscribe the server has nothing for.
+        this.subs.delete(frame.id);
+        target.sub._refused(error);
+        if (this.subs.size === 0) this.shutdown();
         break;
       }
       case 'pong':

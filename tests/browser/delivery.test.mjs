@@ -257,6 +257,20 @@ test('a subscription the server refuses is closed with the server\'s reason', as
   assert.equal(log.errors.length, 1);
   assert.equal(log.errors[0].code, 'http_404');
   assert.match(log.errors[0].message, /refused the subscription \(404\)/);
+
+  if (TRANSPORTS.includes('ws')) {
+    // The server allows 100 subscriptions per socket: the 101st on one client is refused, the rest stay.
+    await page.evaluate(() => {
+      for (let i = 0; i < 101; i++) window.record(`many-${i}`, { types: ['Many'], transport: 'ws' });
+    });
+    await page.waitForFunction(() => window.logs['many-100'].states.includes('closed'));
+    const many = await page.evaluate(() => Object.keys(window.logs).filter((n) => n.startsWith('many-')).map((n) => window.logs[n]));
+    const refused = many.filter((l) => l.states.includes('closed'));
+    assert.equal(refused.length, 1);
+    assert.equal(refused[0].errors[0].code, 'too_many_subscriptions');
+    assert.deepEqual(refused[0].states, ['connecting', 'closed']);
+    await waitOpen(page, Array.from({ length: 100 }, (_, i) => `many-${i}`));
+  }
   await page.close();
 });
 
@@ -290,3 +304,18 @@ async function countFrames(page) {
   });
   return { counts: async () => ({ ...counts }) };
 }
+
+test('a page on another origin loads the module and subscribes over WebSocket', { skip: !TRANSPORTS.includes('ws') }, async () => {
+  const page = await browser.newPage();
+  // about:blank: an origin other than the server's. The module is fetched with CORS.
+  await page.setContent(`<script type="module">
+    import { subscribe } from '${server.url}/flightdeck.js';
+    window.got = [];
+    window.sub = subscribe({ transport: 'ws', types: ['CrossOrigin'] }).onEvent((event) => window.got.push(event.id));
+  </script>`);
+  await page.waitForFunction(() => window.sub?.state === 'open');
+  const [stored] = await ingest(server.url, { stream: `xo-${Date.now()}`, type: 'CrossOrigin', data: {} });
+  await page.waitForFunction(() => window.got.length > 0);
+  assert.deepEqual(await page.evaluate(() => window.got), [stored.id]);
+  await page.close();
+});
