@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 const ASSETS: &[(&str, &str, &str)] = &[
     ("dashboard/dashboard.js", JAVASCRIPT, include_str!("../../assets/dashboard/dashboard.js")),
     ("dashboard/dashboard.css", CSS, include_str!("../../assets/dashboard/dashboard.css")),
+    ("dashboard/icon.svg", "image/svg+xml", include_str!("../../assets/dashboard/icon.svg")),
     ("vendor/uPlot.esm.js", JAVASCRIPT, include_str!("../../assets/vendor/uPlot.esm.js")),
     ("vendor/uPlot.min.css", CSS, include_str!("../../assets/vendor/uPlot.min.css")),
 ];
