@@ -25,3 +25,22 @@ fi
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}"
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc
+
+# The JavaScript client (assets/flightdeck.js) in a real browser: Debian's Chromium driven by
+# playwright-core against the real `flightdeck serve` (tests/browser/).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing Chromium for the browser tests (apt-get install chromium)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "Chromium is missing for the browser tests: run 'apt-get install chromium' as root" >&2
+        exit 1
+    fi
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "Node.js 20 or newer (node and npm) is needed for the browser tests" >&2
+    exit 1
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --locked
+timeout 900 node --test --test-concurrency=1 --test-timeout=300000 tests/browser/

@@ -1,6 +1,7 @@
 //! The HTTP face of FlightDeck, as an axum [`Router`] an application can mount in its own server:
 //! ingestion, reads, the Server-Sent Events stream, the WebSocket, and health probes.
 
+mod assets;
 mod dashboard;
 mod error;
 mod health;
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
+        .route("/flightdeck.js", get(assets::client_js))
         .route("/api/events", get(sse::stream).post(ingest::ingest))
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))
