@@ -3,10 +3,11 @@
 //! SSE gives one subscription per connection; a dashboard with a dozen panels would need a dozen
 //! connections, each replaying on its own. Here one socket carries any number of subscriptions,
 //! each with its own filter, start position and batching, added and removed while the socket stays
-//! open. The protocol is JSON text frames (`protocol.rs`); the connection's life, its one queue
-//! and its close codes are in `session.rs`. The bus's guarantees carry over unchanged: per
-//! subscription, replay then live with no gap or duplicate, and a client that is closed on for
-//! being slow (or at shutdown) resumes each subscription from the last position it saw.
+//! open. The protocol is JSON text frames (requests in `protocol.rs`, what the server sends in
+//! `frames.rs`); the connection's life, its queues and its close codes are in `session.rs`. The
+//! bus's guarantees carry over unchanged: per subscription, replay then live with no gap or
+//! duplicate, and a client that is closed on for being slow (or at shutdown) resumes each
+//! subscription from the last position it saw.
 //!
 //! Close codes the server sends:
 //!
@@ -22,6 +23,7 @@
 //! no ping within [`WsConfig::pong_timeout`] is dropped without a close frame (it would not read
 //! one).
 
+mod frames;
 mod protocol;
 mod session;
 

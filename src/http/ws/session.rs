@@ -32,7 +32,8 @@ use crate::http::metrics::SubscriberGauge;
 use crate::store::Position;
 
 use super::WsConfig;
-use super::protocol::{self, Code, ProtocolError, Request, StartAt, Subscribe, Target};
+use super::frames::{self, Target};
+use super::protocol::{self, Code, ProtocolError, Request, StartAt, Subscribe};
 
 /// Most events pulled from one subscription at once when it is not batched.
 const MAX_WRITE: usize = 256;
@@ -205,7 +206,7 @@ impl Session {
         let result = match answer {
             Ok(Some(outbound)) => self.queue_outbound(outbound),
             Ok(None) => Ok(()),
-            Err(err) => self.send(protocol::error(&err)),
+            Err(err) => self.send(frames::error(&err)),
         };
         result.err()
     }
@@ -238,11 +239,11 @@ impl Session {
     /// Carries out a request; the answer to queue, if any.
     fn on_request(&mut self, request: Request) -> Result<Option<Outbound>, ProtocolError> {
         match request {
-            Request::Ping { id } => Ok(Some(Outbound::Frame(protocol::pong(id.as_deref())))),
+            Request::Ping { id } => Ok(Some(Outbound::Frame(frames::pong(id.as_deref())))),
             Request::Unsubscribe { id } => match self.subscriptions.remove(&id) {
                 Some(entry) => {
                     entry.stop.abort();
-                    Ok(Some(Outbound::Frame(protocol::unsubscribed(&id))))
+                    Ok(Some(Outbound::Frame(frames::unsubscribed(&id))))
                 }
                 None => Err(ProtocolError::new(
                     Code::UnknownId,
@@ -295,7 +296,7 @@ impl Session {
         let entry = Entry { stop, _gauge: SubscriberGauge::ws_subscription(&self.bus) };
         self.subscriptions.insert(id, entry);
         Ok(Outbound::Subscribe {
-            answer: protocol::subscribed(&target.id, position),
+            answer: frames::subscribed(&target.id, position),
             events: Abortable::new(events, registration),
         })
     }
