@@ -19,7 +19,7 @@ const LABELS = { PageViewed: 'Page views', ElementInteraction: 'Interactions', F
 const COLORS = { PageViewed: '#5cc8ff', ElementInteraction: '#c792ea', FormSubmitted: '#ffc857', other: '#8a96b0' };
 const WINDOW_SECONDS = 120;
 /** The chart spans at least this much, and grows to WINDOW_SECONDS as the page stays open. */
-const MIN_WINDOW_SECONDS = 30;
+const MIN_WINDOW_SECONDS = 20;
 const OPENED_SECOND = Math.floor(Date.now() / 1000);
 const FEED_SIZE = 60;
 const STATS_WINDOW_MINUTES = 60;
@@ -334,7 +334,7 @@ function summary(event) {
     case 'ElementInteraction':
       return `${d.element ?? ''}${d.path ? ` on ${d.path}` : ''}`;
     case 'FormSubmitted':
-      return `${d.form ?? ''}${Array.isArray(d.fields) ? ` (${d.fields.length} fields)` : ''}`;
+      return `${d.form ?? ''}${Array.isArray(d.fields) ? ` (${d.fields.length} field${d.fields.length === 1 ? '' : 's'})` : ''}`;
     default:
       return JSON.stringify(event.data).slice(0, 120);
   }

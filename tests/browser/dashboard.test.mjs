@@ -260,7 +260,7 @@ describe('the dashboard under demo traffic', () => {
     await sleep(300);
     demo = startDemo(server, { rate: 120, sites: 3 });
     // Long enough for the chart to show a stretch of traffic.
-    await sleep(Number(process.env.SCREENSHOT_AFTER_MS ?? 15_000));
+    await sleep(Number(process.env.SCREENSHOT_AFTER_MS ?? 18_000));
     const shown = await readDashboard(dashboard);
     assert.equal(shown.connection, 'open');
     assert.ok(shown.counters.total > 0 && shown.pages.length > 0 && shown.feed.length > 0, JSON.stringify(shown));
@@ -287,12 +287,13 @@ describe('the dashboard under demo traffic', () => {
 
     server = await startServer({ dataDir: dir, port: server.port, ready: false });
     await eventually(
-      () => dashboard.evaluate(() => window.flightdeckDashboard.connection === 'open'),
+      () => dashboard.evaluate(() => window.connectionLog.at(-1).state === 'open' && window.connectionLog.length > 2),
       60_000,
       async () => `not live again: ${JSON.stringify(await dashboard.evaluate(() => window.connectionLog))}`,
     );
     const states = await dashboard.evaluate(() => window.connectionLog.map((c) => c.state));
     console.log(`connection: ${states.join(' → ')}`);
+    assert.deepEqual(states.filter((state, i) => state !== states[i - 1]), ['open', 'reconnecting', 'open'], 'live, reconnecting, live again');
     // Traffic goes on after the restart and reaches the page.
     await eventually(
       async () => (await readDashboard(dashboard)).received > before.received + 100,
