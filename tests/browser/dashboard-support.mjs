@@ -258,7 +258,11 @@ export async function openDashboard(browser, server, { query = '', viewport = { 
     }
   });
   await page.goto(`${server.url}/${query}`);
-  await page.waitForFunction(() => window.flightdeckDashboard?.connection === 'open', null, { polling: 50 });
+  await page.waitForFunction(
+    () => window.flightdeckDashboard?.connection === 'open' && document.getElementById('connection').dataset.state === 'open',
+    null,
+    { polling: 50 },
+  );
   await page.evaluate(() => {
     window.feedSeen = {};
     const feed = document.getElementById('feed');
