@@ -8,8 +8,15 @@
 // Options: --rate N (events/s, default 5000), --seconds N (publishing time per case, default 10),
 // --cases a,b (default: all eight: client-sse, client-sse-batched, client-ws, client-ws-batched,
 // dashboard-sse, dashboard-sse-batched, dashboard-ws, dashboard-ws-batched), --json FILE (the raw
-// results). FLIGHTDECK_BIN picks the server (default target/debug/flightdeck; the release build is
-// what counts), CHROMIUM the browser (default /usr/bin/chromium).
+// results), --driver cdp|playwright (default cdp, see below). FLIGHTDECK_BIN picks the server
+// (default target/debug/flightdeck; the release build is what counts), CHROMIUM the browser
+// (default /usr/bin/chromium, run with the browser tests' flags).
+//
+// Drivers: `cdp` starts Chromium itself and speaks the DevTools protocol over a pipe, enabling
+// only what it measures with (Runtime, Performance). `playwright` uses the browser tests'
+// harness (playwright-core), which enables the Network domain on every page: DevTools then
+// reports every SSE message and WebSocket frame to the driver, a per-message cost that a real
+// visitor's browser does not pay, so its unbatched figures are pessimistic.
 //
 // One `flightdeck serve` (embedded PostgreSQL, scratch data directory, 127.0.0.1 only) and one
 // headless Chromium serve all cases, one after the other; each case gets a fresh page, its own
@@ -30,7 +37,8 @@ import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { launchBrowser, openPage, removeDir, scratchDir, startServer } from '../tests/browser/harness.mjs';
+import { launchBrowser, removeDir, scratchDir, startServer } from '../tests/browser/harness.mjs';
+import { launchCdpBrowser } from './cdp-pipe.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -38,6 +46,7 @@ const { values: args } = parseArgs({
     seconds: { type: 'string', default: '10' },
     cases: { type: 'string', default: '' },
     json: { type: 'string' },
+    driver: { type: 'string', default: 'cdp' },
   },
 });
 const RATE = Number(args.rate);
@@ -51,6 +60,7 @@ const ALL_CASES = ['client', 'dashboard'].flatMap((kind) =>
 const CASES = args.cases ? args.cases.split(',') : ALL_CASES;
 for (const name of CASES) if (!ALL_CASES.includes(name)) throw new Error(`unknown case ${name}; known: ${ALL_CASES}`);
 if (!(RATE > 0 && SECONDS > 0 && SECONDS <= 120)) throw new Error('--rate must be > 0, --seconds 1 to 120');
+if (!['cdp', 'playwright'].includes(args.driver)) throw new Error('--driver is cdp or playwright');
 
 const log = (...parts) => console.error('bench-batching:', ...parts);
 
@@ -235,55 +245,96 @@ function readdirProc() {
   return readdirSync('/proc').filter((name) => /^\d+$/.test(name)).map(Number);
 }
 
-async function rendererCpuSeconds(browserSession) {
-  const { processInfo } = await browserSession.send('SystemInfo.getProcessInfo');
-  let renderer = 0;
-  let gpu = 0;
-  let browserCpu = 0;
-  for (const p of processInfo) {
-    if (p.type === 'renderer') renderer += p.cpuTime;
-    else if (p.type === 'GPU') gpu += p.cpuTime;
-    else if (p.type === 'browser') browserCpu += p.cpuTime;
+/**
+ * The browser as the cases use it, over either driver: `open(url)` gives a page with
+ * `evaluate(fn, arg)`, `waitFor(fn, arg, timeoutMs)`, `mainThread()` and `close()`;
+ * `processCpu()` gives the cumulative CPU seconds of Chromium's renderer, GPU and browser processes.
+ */
+async function startBrowser(driver) {
+  const cpuOf = (processInfo) => {
+    const cpu = { renderer: 0, gpu: 0, browser: 0 };
+    for (const p of processInfo) {
+      if (p.type === 'renderer') cpu.renderer += p.cpuTime;
+      else if (p.type === 'GPU') cpu.gpu += p.cpuTime;
+      else if (p.type === 'browser') cpu.browser += p.cpuTime;
+    }
+    return cpu;
+  };
+  const metricsOf = ({ metrics }) => {
+    const m = Object.fromEntries(metrics.map(({ name, value }) => [name, value]));
+    return { task: m.TaskDuration, script: m.ScriptDuration, layout: m.LayoutDuration + m.RecalcStyleDuration };
+  };
+  if (driver === 'playwright') {
+    const browser = await launchBrowser();
+    const browserSession = await browser.newBrowserCDPSession();
+    return {
+      version: browser.version(),
+      async open(url) {
+        const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+        page.setDefaultTimeout(60_000);
+        await page.goto(url);
+        const cdp = await page.context().newCDPSession(page);
+        await cdp.send('Performance.enable', { timeDomain: 'threadTicks' });
+        return {
+          evaluate: (fn, arg) => page.evaluate(fn, arg),
+          waitFor: (fn, arg, timeout = 60_000) => page.waitForFunction(fn, arg, { polling: 50, timeout }).then(() => true, () => false),
+          mainThread: async () => metricsOf(await cdp.send('Performance.getMetrics')),
+          close: () => page.context().close(),
+        };
+      },
+      processCpu: async () => cpuOf((await browserSession.send('SystemInfo.getProcessInfo')).processInfo),
+      close: () => browser.close(),
+    };
   }
-  return { renderer, gpu, browser: browserCpu };
-}
-
-async function mainThread(cdp) {
-  const { metrics } = await cdp.send('Performance.getMetrics');
-  const m = Object.fromEntries(metrics.map(({ name, value }) => [name, value]));
-  return { task: m.TaskDuration, script: m.ScriptDuration, layout: m.LayoutDuration + m.RecalcStyleDuration };
+  const browser = await launchCdpBrowser();
+  return {
+    version: browser.version,
+    async open(url) {
+      const page = await browser.newPage({ width: 1400, height: 1000 });
+      await page.navigate(url);
+      await page.send('Performance.enable', { timeDomain: 'threadTicks' });
+      return {
+        evaluate: (fn, arg) => page.evaluate(fn, arg),
+        waitFor: (fn, arg, timeout = 60_000) => page.waitFor(fn, arg, timeout),
+        mainThread: async () => metricsOf(await page.send('Performance.getMetrics')),
+        close: () => page.close(),
+      };
+    },
+    processCpu: async () => cpuOf((await browser.send('SystemInfo.getProcessInfo')).processInfo),
+    close: () => browser.close(),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
 // One case
 
-async function runCase(name, { browser, browserSession, server }, runId) {
+async function runCase(name, { browser, server }, runId) {
   const [kind, transport, batched] = name.split('-');
   const batch = batched ? BATCH : undefined;
   const site = `bench-${runId}-${name}`;
   const total = RATE * SECONDS;
   let page;
   if (kind === 'client') {
-    page = await openPage(browser, server);
+    // A page on the server's origin that imports the client, as an application would.
+    page = await browser.open(`${server.url}/healthz`);
     await page.evaluate(installMeter);
     await page.evaluate(installChecker, total);
     await page.evaluate(
-      ([prefix, t, b]) => {
-        const sub = window.flightdeck.subscribe({ streamPrefix: prefix, transport: t, batch: b });
+      async ([prefix, t, b]) => {
+        const flightdeck = await import('/flightdeck.js');
+        const sub = flightdeck.subscribe({ streamPrefix: prefix, transport: t, ...(b ? { batch: b } : {}) });
         sub.onBatch(window.check.onBatch).onEvent(window.check.onEvent);
         window.sub = sub;
       },
       [`visit-${site}:`, transport, batch],
     );
-    await page.waitForFunction(() => window.sub.state === 'open', null, { polling: 50 });
+    if (!(await page.waitFor(() => window.sub.state === 'open'))) throw new Error(`${name}: the subscription never opened`);
   } else {
     const query = new URLSearchParams();
     if (transport === 'ws') query.set('transport', 'ws');
     if (!batched) query.set('batch', 'off');
-    page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-    page.setDefaultTimeout(60_000);
-    await page.goto(`${server.url}/?${query}`);
-    await page.waitForFunction(() => window.flightdeckDashboard?.connection === 'open', null, { polling: 50 });
+    page = await browser.open(`${server.url}/?${query}`);
+    if (!(await page.waitFor(() => window.flightdeckDashboard?.connection === 'open'))) throw new Error(`${name}: the dashboard never connected`);
     await page.evaluate(installMeter);
     await page.evaluate(installChecker, total);
     // The dashboard counts its own frames; the checker only looks at each event (a few μs each).
@@ -296,23 +347,19 @@ async function runCase(name, { browser, browserSession, server }, runId) {
   }
   // A moment for the subscription to be registered everywhere, then measure.
   await sleep(500);
-  const cdp = await page.context().newCDPSession(page);
-  await cdp.send('Performance.enable', { timeDomain: 'threadTicks' });
   await page.evaluate(() => window.meter.reset());
   const before = {
     wall: performance.now(),
-    main: await mainThread(cdp),
-    cpu: await rendererCpuSeconds(browserSession),
+    main: await page.mainThread(),
+    cpu: await browser.processCpu(),
     server: serverCpuSeconds(server),
   };
   const published = await publish(server.url, site, total, RATE);
-  await page
-    .waitForFunction((t) => window.check.unique >= t, total, { polling: 100, timeout: 60_000 })
-    .catch(() => log(`${name}: not every event arrived within 60 s`));
+  if (!(await page.waitFor((t) => window.check.unique >= t, total))) log(`${name}: not every event arrived within 60 s`);
   const after = {
     wall: performance.now(),
-    main: await mainThread(cdp),
-    cpu: await rendererCpuSeconds(browserSession),
+    main: await page.mainThread(),
+    cpu: await browser.processCpu(),
     server: serverCpuSeconds(server),
   };
   await sleep(300); // a late duplicate would show up now
@@ -326,7 +373,7 @@ async function runCase(name, { browser, browserSession, server }, runId) {
     check.frames = d.frames;
     check.dashboardReceived = d.received;
   }
-  await page.context().close();
+  await page.close();
   const seconds = (after.wall - before.wall) / 1000;
   const receiveSeconds = Math.max(0.001, (check.lastAt - check.firstAt) / 1000);
   return {
@@ -391,15 +438,14 @@ process.on('SIGINT', () => {
 
 try {
   const load = [loadavg()];
-  [server, browser] = await Promise.all([startServer({ dataDir: dir }), launchBrowser()]);
-  const browserSession = await browser.newBrowserCDPSession();
+  [server, browser] = await Promise.all([startServer({ dataDir: dir }), startBrowser(args.driver)]);
   const runId = Date.now().toString(36);
   log(`server ${server.url} (${process.env.FLIGHTDECK_BIN ?? 'target/debug/flightdeck'}), ${RATE} events/s for ${SECONDS} s per case`);
   // Warm-up: the first page load and the first appends of a fresh database are slower.
   await publish(server.url, `bench-${runId}-warmup`, Math.min(RATE, 5000), RATE);
   const results = [];
   for (const name of CASES) {
-    const result = await runCase(name, { browser, browserSession, server }, runId);
+    const result = await runCase(name, { browser, server }, runId);
     results.push(result);
     log(
       `${name}: published ${fmt(result.published.rate)}/s; ${result.check.unique}/${result.total} once, ${result.check.duplicates} dup; ` +
@@ -408,9 +454,9 @@ try {
     );
   }
   load.push(loadavg());
-  const version = browser.version();
+  const version = browser.version;
   const facts = [
-    `- ${new Date().toISOString()}; ${RATE} events/s for ${SECONDS} s per case; server ${process.env.FLIGHTDECK_BIN ?? 'target/debug/flightdeck'}; Chromium ${version}; Node ${process.version}`,
+    `- ${new Date().toISOString()}; ${RATE} events/s for ${SECONDS} s per case; server ${process.env.FLIGHTDECK_BIN ?? 'target/debug/flightdeck'}; Chromium ${version} (${args.driver} driver); Node ${process.version}`,
     `- load average before: ${load[0].map((x) => x.toFixed(2)).join(' ')}; after: ${load[1].map((x) => x.toFixed(2)).join(' ')}`,
   ];
   console.log(`${facts.join('\n')}\n\n${table(results)}`);

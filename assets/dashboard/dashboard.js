@@ -23,6 +23,9 @@ const MIN_WINDOW_SECONDS = 20;
 const OPENED_SECOND = Math.floor(Date.now() / 1000);
 const FEED_SIZE = 60;
 const STATS_WINDOW_MINUTES = 60;
+/** The feed is redrawn at most this often: at thousands of events per second, redrawing it every
+ * animation frame would cost layout and paint that no reader can follow. */
+const FEED_INTERVAL_MS = 250;
 
 const $ = (id) => document.getElementById(id);
 
@@ -39,6 +42,8 @@ const state = {
   buckets: new Map(),
   feed: [],
   feedDirty: true,
+  /** The feed's rows must be rebuilt (the filters changed), not just topped up. */
+  feedReset: false,
   types: new Set(TRACKED),
   sites: new Set(),
   pages: new Set(),
@@ -82,6 +87,7 @@ function connectEvents() {
   state.buckets.clear();
   state.feed = state.feed.filter(matches);
   state.feedDirty = true;
+  state.feedReset = true;
   const subscription = subscribe(streamOptions(from));
   subscription.onState((s) => {
     if (state.subscription !== subscription) return;
@@ -193,20 +199,44 @@ function scheduleRender() {
   });
 }
 
+let lastFeedRender = -Infinity;
+let feedTimer = null;
+
 function render() {
   renderConnection();
-  if (state.feedDirty) renderFeed();
-  if (state.statsDirty) renderStats();
-  renderCounters();
+  if (state.feedDirty) {
+    const wait = lastFeedRender + FEED_INTERVAL_MS - performance.now();
+    if (wait <= 0) {
+      lastFeedRender = performance.now();
+      renderFeed();
+    } else if (feedTimer === null) {
+      feedTimer = setTimeout(() => {
+        feedTimer = null;
+        scheduleRender();
+      }, wait);
+    }
+  }
+  if (state.statsDirty) {
+    renderStats();
+    renderCounters();
+  }
+}
+
+/** Sets a text or attribute only when it changes: an unchanged write still invalidates layout. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+function setData(element, key, value) {
+  if (element.dataset[key] !== value) element.dataset[key] = value;
 }
 
 function renderConnection() {
   const box = $('connection');
-  box.dataset.state = state.connection;
+  setData(box, 'state', state.connection);
   // Where the subscription resumes after a reconnect: the last event handed out, or over
   // WebSocket the start position the server reported.
   const resumeAt = state.subscription?.lastPosition ?? null;
-  box.dataset.resume = resumeAt ?? 'now';
+  setData(box, 'resume', resumeAt ?? 'now');
   const resume = resumeAt ? ` after …${shortPosition(resumeAt)}` : ' from now';
   const text = {
     connecting: 'connecting…',
@@ -214,9 +244,10 @@ function renderConnection() {
     reconnecting: `reconnecting — resumes${resume}`,
     closed: 'disconnected',
   }[state.connection] || state.connection;
-  $('connection-text').textContent = text;
-  box.title = resumeAt ? `resumes after position ${resumeAt}` : 'no event received yet: resumes from now';
-  $('position').textContent = state.lastPosition ? `position ${state.lastPosition}` : '';
+  setText($('connection-text'), text);
+  const title = resumeAt ? `resumes after position ${resumeAt}` : 'no event received yet: resumes from now';
+  if (box.title !== title) box.title = title;
+  setText($('position'), state.lastPosition ? `position ${state.lastPosition}` : '');
 }
 
 /** The significant end of a position (its leading digits are mostly zeros). */
@@ -255,12 +286,12 @@ function renderCounters() {
   }
   cards.forEach(([key, label, count, rate], i) => {
     const card = host.children[i];
-    card.className = `counter ${key}`;
-    card.dataset.type = key;
-    card.dataset.count = String(count);
-    card.querySelector('.value').textContent = Number(count).toLocaleString();
-    card.querySelector('.label').textContent = label;
-    card.querySelector('.rate').textContent = `${rate.toFixed(1)} /s now`;
+    if (card.className !== `counter ${key}`) card.className = `counter ${key}`;
+    setData(card, 'type', key);
+    setData(card, 'count', String(count));
+    setText(card.querySelector('.value'), Number(count).toLocaleString());
+    setText(card.querySelector('.label'), label);
+    setText(card.querySelector('.rate'), `${rate.toFixed(1)} /s now`);
   });
 }
 
@@ -340,34 +371,52 @@ function summary(event) {
   }
 }
 
+/**
+ * Shows the latest FEED_SIZE events, newest first. Rows already shown stay in place (new ones are
+ * added on top, old ones dropped at the bottom), so an opened row keeps its details and the
+ * browser lays out only the new rows; after a filter change the list is rebuilt.
+ */
 function renderFeed() {
   state.feedDirty = false;
   const latest = state.feed.slice(-FEED_SIZE).reverse();
   const list = $('feed');
-  list.replaceChildren(...latest.map((event) => {
-    const item = document.createElement('li');
-    item.dataset.position = event.position;
-    item.dataset.id = event.id;
-    item.dataset.type = event.type;
-    if (typeof event.data?.path === 'string') item.dataset.path = event.data.path;
-    const time = document.createElement('span');
-    time.className = 'time';
-    time.textContent = new Date(event.timestamp).toLocaleTimeString();
-    const type = document.createElement('span');
-    type.className = `type ${event.type}`;
-    type.textContent = event.type;
-    const text = document.createElement('span');
-    text.className = 'summary';
-    text.textContent = summary(event);
-    const stream = document.createElement('span');
-    stream.className = 'stream mono';
-    stream.textContent = event.stream;
-    item.append(time, type, text, stream);
-    item.addEventListener('click', () => toggleDetails(item, event));
-    return item;
-  }));
-  $('feed-note').textContent = `${state.received.toLocaleString()} received since the page opened`;
+  const top = list.firstElementChild?.dataset.position;
+  const kept = top === undefined || state.feedReset ? -1 : latest.findIndex((event) => event.position === top);
+  state.feedReset = false;
+  if (kept < 0) {
+    list.replaceChildren(...latest.map(feedItem));
+  } else {
+    list.prepend(...latest.slice(0, kept).map(feedItem));
+    while (list.children.length > latest.length) list.lastElementChild.remove();
+  }
+  setText($('feed-note'), `${state.received.toLocaleString()} received since the page opened`);
 }
+
+function feedItem(event) {
+  const item = document.createElement('li');
+  item.dataset.position = event.position;
+  item.dataset.id = event.id;
+  item.dataset.type = event.type;
+  if (typeof event.data?.path === 'string') item.dataset.path = event.data.path;
+  const time = document.createElement('span');
+  time.className = 'time';
+  time.textContent = timeFormat.format(new Date(event.timestamp));
+  const type = document.createElement('span');
+  type.className = `type ${event.type}`;
+  type.textContent = event.type;
+  const text = document.createElement('span');
+  text.className = 'summary';
+  text.textContent = summary(event);
+  const stream = document.createElement('span');
+  stream.className = 'stream mono';
+  stream.textContent = event.stream;
+  item.append(time, type, text, stream);
+  item.addEventListener('click', () => toggleDetails(item, event));
+  return item;
+}
+
+/** One formatter for every row (toLocaleTimeString builds a new one per call). */
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit', second: '2-digit' });
 
 function toggleDetails(item, event) {
   const open = item.querySelector('pre');
@@ -432,7 +481,7 @@ function makeChart() {
 
 function tick() {
   if (chart) chart.setData(chartData());
-  $('rate-now').textContent = `${rateOf(null).toFixed(1)} /s over the last 10 s`;
+  setText($('rate-now'), `${rateOf(null).toFixed(1)} /s over the last 10 s`);
   renderCounters();
 }
 
