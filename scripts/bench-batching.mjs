@@ -27,10 +27,11 @@
 //   - frames: onBatch calls (one per SSE message or WebSocket frame with new events);
 //   - events received, duplicates, missing and out-of-order (every event carries a sequence
 //     number; the page marks each in a bitmap), delivery lag (publish → handler, p50/p99);
-//   - the renderer's main thread busy time per second (CDP Performance.getMetrics TaskDuration,
-//     ScriptDuration), CPU of Chromium's renderer processes (CDP SystemInfo.getProcessInfo) and of
-//     the server (/proc), animation frames per second (requestAnimationFrame) and long tasks
-//     (> 50 ms).
+//   - the renderer's main thread per second: CPU time (CDP Performance.getMetrics TaskDuration and
+//     ScriptDuration in thread ticks) and wall-clock busy time (TaskDuration in time ticks: longer
+//     when the thread waits for a core); CPU of Chromium's renderer processes (CDP
+//     SystemInfo.getProcessInfo) and of the server and its PostgreSQL (/proc); animation frames
+//     per second (requestAnimationFrame) and long tasks (> 50 ms).
 // Everything it started is stopped on exit, however it exits; the run is bounded in time.
 
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
@@ -260,9 +261,12 @@ async function startBrowser(driver) {
     }
     return cpu;
   };
-  const metricsOf = ({ metrics }) => {
+  // Two sessions per page: one measures the main thread's CPU time (thread ticks), the other its
+  // wall-clock busy time, which is longer when the thread waits for a core.
+  const metricsOf = ({ metrics }, wall) => {
     const m = Object.fromEntries(metrics.map(({ name, value }) => [name, value]));
-    return { task: m.TaskDuration, script: m.ScriptDuration, layout: m.LayoutDuration + m.RecalcStyleDuration };
+    const w = Object.fromEntries(wall.metrics.map(({ name, value }) => [name, value]));
+    return { task: m.TaskDuration, script: m.ScriptDuration, layout: m.LayoutDuration + m.RecalcStyleDuration, taskWall: w.TaskDuration };
   };
   if (driver === 'playwright') {
     const browser = await launchBrowser();
@@ -275,10 +279,12 @@ async function startBrowser(driver) {
         await page.goto(url);
         const cdp = await page.context().newCDPSession(page);
         await cdp.send('Performance.enable', { timeDomain: 'threadTicks' });
+        const wall = await page.context().newCDPSession(page);
+        await wall.send('Performance.enable', { timeDomain: 'timeTicks' });
         return {
           evaluate: (fn, arg) => page.evaluate(fn, arg),
           waitFor: (fn, arg, timeout = 60_000) => page.waitForFunction(fn, arg, { polling: 50, timeout }).then(() => true, () => false),
-          mainThread: async () => metricsOf(await cdp.send('Performance.getMetrics')),
+          mainThread: async () => metricsOf(await cdp.send('Performance.getMetrics'), await wall.send('Performance.getMetrics')),
           close: () => page.context().close(),
         };
       },
@@ -293,10 +299,12 @@ async function startBrowser(driver) {
       const page = await browser.newPage({ width: 1400, height: 1000 });
       await page.navigate(url);
       await page.send('Performance.enable', { timeDomain: 'threadTicks' });
+      const wall = await page.session();
+      await wall('Performance.enable', { timeDomain: 'timeTicks' });
       return {
         evaluate: (fn, arg) => page.evaluate(fn, arg),
         waitFor: (fn, arg, timeout = 60_000) => page.waitFor(fn, arg, timeout),
-        mainThread: async () => metricsOf(await page.send('Performance.getMetrics')),
+        mainThread: async () => metricsOf(await page.send('Performance.getMetrics'), await wall('Performance.getMetrics')),
         close: () => page.close(),
       };
     },
@@ -388,6 +396,7 @@ async function runCase(name, { browser, server }, runId) {
     framesPerSecond: check.frames / receiveSeconds,
     eventsPerSecond: check.unique / receiveSeconds,
     mainThreadBusy: (after.main.task - before.main.task) / seconds,
+    mainThreadWall: (after.main.taskWall - before.main.taskWall) / seconds,
     scriptBusy: (after.main.script - before.main.script) / seconds,
     layoutBusy: (after.main.layout - before.main.layout) / seconds,
     rendererCpu: (after.cpu.renderer - before.cpu.renderer) / seconds,
@@ -408,8 +417,8 @@ const fmt = (x, digits = 0) => (x === null || x === undefined || Number.isNaN(x)
 
 function table(results) {
   const lines = [
-    '| case | batching | published (events/s) | received exactly once | frames/s | events/s | main thread busy | of which script | renderer CPU | animation frames/s | long tasks | lag p50 / p99 (ms) | server CPU |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| case | batching | published (events/s) | received exactly once | frames/s | events/s | main-thread CPU | of which script | main thread busy (wall) | renderer CPU | animation frames/s | long tasks | lag p50 / p99 (ms) | server CPU |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ];
   for (const r of results) {
     const c = r.check;
@@ -418,7 +427,7 @@ function table(results) {
         ? `yes (${fmt(c.unique)})`
         : `NO: ${c.missing} missing, ${c.duplicates} dup, ${c.outOfOrder} out of order`;
     lines.push(
-      `| ${r.kind} ${r.transport.toUpperCase()} | ${r.batched ? `${BATCH.maxEvents} / ${BATCH.maxDelayMs} ms` : 'none'} | ${fmt(r.published.rate)} | ${once} | ${fmt(r.framesPerSecond)} | ${fmt(r.eventsPerSecond)} | ${pct(r.mainThreadBusy)} | ${pct(r.scriptBusy)} | ${pct(r.rendererCpu)} | ${fmt(r.animationFps)} | ${r.longTasks} (${fmt(r.longTaskMs)} ms) | ${fmt(c.lagP50)} / ${fmt(c.lagP99)} | ${pct(r.serverCpu)} |`,
+      `| ${r.kind} ${r.transport.toUpperCase()} | ${r.batched ? `${BATCH.maxEvents} / ${BATCH.maxDelayMs} ms` : 'none'} | ${fmt(r.published.rate)} | ${once} | ${fmt(r.framesPerSecond)} | ${fmt(r.eventsPerSecond)} | ${pct(r.mainThreadBusy)} | ${pct(r.scriptBusy)} | ${pct(r.mainThreadWall)} | ${pct(r.rendererCpu)} | ${fmt(r.animationFps)} | ${r.longTasks} (${fmt(r.longTaskMs)} ms) | ${fmt(c.lagP50)} / ${fmt(c.lagP99)} | ${pct(r.serverCpu)} |`,
     );
   }
   return lines.join('\n');

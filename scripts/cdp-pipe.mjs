@@ -109,6 +109,11 @@ export async function launchCdpBrowser() {
           const loaded = await page.waitFor((u) => location.href === u && document.readyState === 'complete', url);
           if (!loaded) throw new Error(`${url} did not load`);
         },
+        /** Another DevTools session on the same page (its domains are enabled separately). */
+        async session() {
+          const other = await send('Target.attachToTarget', { targetId, flatten: true });
+          return (method, params) => send(method, params, other.sessionId);
+        },
         close: () => send('Target.closeTarget', { targetId }),
       };
       await page.send('Emulation.setDeviceMetricsOverride', { width, height, deviceScaleFactor: 1, mobile: false });
