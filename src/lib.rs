@@ -8,6 +8,9 @@
 pub mod bench;
 pub mod bus;
 pub mod cli;
+pub mod demo;
 pub mod embedded;
 pub mod http;
+pub mod projections;
 pub mod store;
+pub mod tracker;

@@ -249,14 +249,14 @@ async fn migrations_are_idempotent() {
     assert_eq!(db.store.migrate().await.unwrap(), 0, "already migrated by the harness");
     let client = db.connect().await;
     let n: i64 = client.query_one("SELECT count(*) FROM flightdeck.schema_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(n, 2);
+    assert!(n >= 3, "{n}");
     // Concurrent migrators on a fresh database: exactly one applies each migration.
     let fresh = common::test_db().await;
     let client = fresh.connect().await;
     client.batch_execute("DROP SCHEMA flightdeck CASCADE").await.unwrap();
     let runs = futures::future::join_all((0..4).map(|_| fresh.store.migrate())).await;
     let applied: usize = runs.into_iter().map(|r| r.unwrap()).sum();
-    assert_eq!(applied, 2);
+    assert_eq!(applied as i64, n, "each migration applied exactly once");
 }
 
 #[tokio::test]

@@ -13,10 +13,14 @@ use common::app::App;
 use common::ws::{WsClient, envelopes, numbers};
 use flightdeck::bus::{Bus, BusOptions, Routing};
 use flightdeck::http::{AppState, WsConfig};
+use flightdeck::store::Position;
 use flightdeck::store::{ExpectedVersion, NewEvent};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -169,7 +173,10 @@ async fn unsubscribe_stops_that_subscription_only() {
     assert_eq!(numbers(&ws.events("a", 1).await), vec![6]);
     assert_eq!(numbers(&ws.events("b", 1).await), vec![6]);
 
-    drop(ws);
+    // A client's close is answered with the same code.
+    ws.send_raw(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() }))).await;
+    let (_, closed) = ws.until_closed().await;
+    assert_eq!(closed.code, 1000, "{closed:?}");
     wait_metric(&app, WS_SOCKETS, 0.0).await;
     wait_metric(&app, WS_SUBSCRIPTIONS, 0.0).await;
     app.stop().await;
@@ -225,7 +232,7 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
 }
 
 #[tokio::test]
-async fn a_message_over_the_protocol_limit_closes_with_1009() {
+async fn protocol_violations_close_with_1009_and_1007() {
     let db = common::test_db().await;
     let app = App::start(&db).await;
     let mut ws = WsClient::connect(&app.base).await;
@@ -234,6 +241,13 @@ async fn a_message_over_the_protocol_limit_closes_with_1009() {
     assert!(frames.is_empty(), "{frames:?}");
     assert_eq!(closed.code, 1009, "{closed:?}");
     assert!(closed.reason.contains("too big"), "{closed:?}");
+
+    // A text frame that is not UTF-8 breaks the WebSocket protocol itself: 1007.
+    let mut ws = WsClient::connect(&app.base).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send_raw(Message::Frame(frame)).await;
+    let (_, closed) = ws.until_closed().await;
+    assert_eq!(closed.code, 1007, "{closed:?}");
     app.stop().await;
 }
 
@@ -294,15 +308,10 @@ async fn a_slow_client_is_closed_with_1013_and_resumes_without_loss() {
     let mut slow = WsClient::connect_with(&app.base, Some(16 * 1024)).await;
     let subscribed = slow.subscribe("s", json!({"streamPrefix": "flood"})).await;
     // One event read live first, so the subscription is past its start.
-    bus.append("flood", ExpectedVersion::Any, &[NewEvent::new("E", json!({"n": 0}))]).await.unwrap();
+    flood(&bus, 0..1).await;
     let mut got = slow.events("s", 1).await;
-    // Far more than the socket buffers and the subscription's queue hold (about 13 MB).
     const TOTAL: i64 = 400;
-    let pad = "p".repeat(32 * 1024);
-    for chunk in (1..TOTAL).collect::<Vec<_>>().chunks(8) {
-        let batch: Vec<NewEvent> = chunk.iter().map(|n| NewEvent::new("E", json!({"n": n, "pad": pad}))).collect();
-        bus.append("flood", ExpectedVersion::Any, &batch).await.unwrap();
-    }
+    flood(&bus, 1..TOTAL).await;
     let (frames, closed) = slow.until_closed().await;
     assert_eq!(closed.code, 1013, "{closed:?}");
     assert!(closed.reason.contains("lagged") && closed.reason.contains("resume"), "{closed:?}");
@@ -315,6 +324,48 @@ async fn a_slow_client_is_closed_with_1013_and_resumes_without_loss() {
     let rest = resumed.events("s", TOTAL as usize - got.len()).await;
     got.extend(rest);
     assert_eq!(numbers(&got), (0..TOTAL).collect::<Vec<_>>(), "every event exactly once, in order");
+    app.stop().await;
+}
+
+/// Appends events `data.n` in `range` to stream `flood`, each padded to 32 KiB, eight per append;
+/// 400 of them are far more than the socket buffers of a client that does not read hold (about
+/// 4 MB here). Returns the last position.
+async fn flood(bus: &Bus, range: std::ops::Range<i64>) -> Position {
+    let pad = "p".repeat(32 * 1024);
+    let mut last = Position::START;
+    for chunk in range.collect::<Vec<_>>().chunks(8) {
+        let batch: Vec<NewEvent> = chunk.iter().map(|n| NewEvent::new("E", json!({"n": n, "pad": pad}))).collect();
+        let out = bus.append("flood", ExpectedVersion::Any, &batch).await.unwrap();
+        last = out.events.iter().map(|e| e.position).max().unwrap();
+    }
+    last
+}
+
+/// A client that stops reading but keeps sending requests: once the answers waiting for it
+/// overflow the queue, the server closes with 1013.
+#[tokio::test]
+async fn unread_answers_overflow_the_queue_and_close_with_1013() {
+    let db = common::test_db().await;
+    let config = WsConfig { outbound_queue: 4, ping_interval: Duration::from_secs(600), ..WsConfig::default() };
+    // The default subscriber queue holds all 400 events: this socket cannot lag, only overflow.
+    let (app, bus) = serve(&db, BusOptions::default(), config).await;
+    let mut client = WsClient::connect_with(&app.base, Some(16 * 1024)).await;
+    client.subscribe("s", json!({})).await;
+    let last = flood(&bus, 0..400).await;
+    // Once the pump has handed everything out, the server's writer is stuck on the full socket.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while bus.delivered() < last {
+        assert!(std::time::Instant::now() < deadline, "the pump never delivered {last}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..200 {
+        client.send(json!({"op": "ping", "id": i.to_string()})).await;
+    }
+    let (frames, closed) = client.until_closed().await;
+    assert_eq!(closed.code, 1013, "{closed:?}");
+    assert!(closed.reason.contains("not reading"), "{closed:?}");
+    let pongs = frames.iter().filter(|f| f["op"] == "pong").count();
+    assert!(pongs < 200, "not every ping was answered: {pongs}");
     app.stop().await;
 }
 

@@ -18,12 +18,13 @@ use crate::store::RecordedEvent;
 pub struct Delivered {
     event: RecordedEvent,
     json: OnceLock<Bytes>,
+    position: OnceLock<Box<str>>,
 }
 
 impl Delivered {
     /// Wraps an event read from the store.
     pub fn new(event: RecordedEvent) -> Self {
-        Delivered { event, json: OnceLock::new() }
+        Delivered { event, json: OnceLock::new(), position: OnceLock::new() }
     }
 
     /// The event.
@@ -38,6 +39,13 @@ impl Delivered {
             // Serializing a struct of strings, numbers and JSON values cannot fail.
             Bytes::from(serde_json::to_vec(&self.event).unwrap_or_default())
         })
+    }
+}
+
+impl Delivered {
+    /// The position as text (an SSE `id:`, a resume token), formatted once.
+    pub fn position_text(&self) -> &str {
+        self.position.get_or_init(|| self.event.position.to_string().into_boxed_str())
     }
 }
 

@@ -52,6 +52,37 @@ pub enum Command {
     /// Measure performance against the configured database.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Manage the analytics projections (the numbers behind /api/stats).
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Send synthetic website traffic (page views, clicks, form submissions) to a running server,
+    /// through POST /api/track like real trackers, with a progress line on stderr.
+    Demo(DemoArgs),
+}
+
+/// `flightdeck projections …`.
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Recompute the stats tables from the start of the log (safe while a server runs: its
+    /// projector waits, then follows), and print a summary as JSON.
+    Rebuild,
+}
+
+/// `flightdeck demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// The server's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Events per second, over all sites.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// How many websites to simulate.
+    #[arg(long, default_value_t = 3)]
+    pub sites: usize,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub seconds: Option<f64>,
 }
 
 /// `flightdeck serve`.
@@ -82,6 +113,10 @@ pub struct ServeArgs {
     /// a NOTIFY carrying the event, as in the original sketch).
     #[arg(long, default_value = "grouped", value_parser = ["grouped", "seed"])]
     pub append_mode: String,
+    /// Also generate synthetic website traffic against this server (`flightdeck demo`), at RATE
+    /// events per second (default 20), so the stats come alive at once.
+    #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "20", require_equals = true)]
+    pub demo: Option<u32>,
 }
 
 /// `flightdeck append`.

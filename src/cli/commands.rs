@@ -12,7 +12,7 @@ use super::args::{AppendArgs, BenchAppendArgs, DatabaseArgs, ReadArgs};
 use super::database::Database;
 
 /// Opens the database, runs `body`, and closes the database whatever `body` returned.
-async fn with_database<T>(
+pub(super) async fn with_database<T>(
     args: &DatabaseArgs,
     pool: usize,
     migrate: bool,

@@ -4,6 +4,8 @@
 pub mod args;
 mod commands;
 pub mod database;
+mod demo;
+mod projections;
 mod serve;
 mod tail;
 
@@ -44,6 +46,12 @@ pub enum CliError {
     /// A client benchmark (`bench delivery`, `bench ingest`) failed.
     #[error(transparent)]
     BenchClient(#[from] crate::bench::client::ClientBenchError),
+    /// A projection could not be read or rebuilt.
+    #[error(transparent)]
+    Projection(#[from] crate::projections::ProjectionError),
+    /// The demo traffic generator failed.
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
 }
 
 /// Runs the parsed command line to completion.
@@ -58,5 +66,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(BenchCommand::Append(args)) => commands::bench_append(&cli.database, &args).await,
         Command::Bench(BenchCommand::Delivery(args)) => Ok(crate::bench::delivery::run(&args).await?),
         Command::Bench(BenchCommand::Ingest(args)) => Ok(crate::bench::ingest::run(&args).await?),
+        Command::Projections(args::ProjectionsCommand::Rebuild) => projections::rebuild(&cli.database).await,
+        Command::Demo(args) => demo::demo(&args).await,
     }
 }

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::{AppendMode, Bus, BusOptions, Routing};
 use crate::http::{AppState, router};
+use crate::projections::Projections;
 use crate::store::StoreError;
 
 use super::CliError;
@@ -46,6 +47,11 @@ async fn run(
         .map_err(|e| CliError::Usage(e.to_string()))?;
     if !args.publish.is_empty() {
         routing = routing.publish_only(args.publish.iter().map(String::as_str));
+        let unpublished: Vec<&str> =
+            crate::tracker::TrackType::ALL.iter().map(|t| t.as_str()).filter(|t| !routing.is_published(t)).collect();
+        if !unpublished.is_empty() {
+            tracing::warn!(?unpublished, "the stats projector sees only published types: these will not be counted");
+        }
     }
     let append_mode = if args.append_mode == "seed" { AppendMode::Seed } else { AppendMode::Grouped };
     let options = BusOptions { routing, deliver: !args.no_delivery, append_mode, ..BusOptions::default() };
@@ -54,6 +60,9 @@ async fn run(
     }
     let state = AppState::new(db.store.clone()).max_body(args.max_body);
     tasks.spawn(prepare_database(state.clone(), db.config.clone(), options, shutdown.clone(), tasks.clone()));
+    if let Some(rate) = args.demo {
+        super::demo::spawn_in_process(state.clone(), addr, rate, shutdown.clone(), tasks);
+    }
     // Logged and printed: scripts and tests wait for this line.
     tracing::info!(%addr, "FlightDeck listening on http://{addr}");
     // TCP_NODELAY: small SSE frames must leave at once, not wait on Nagle and delayed ACKs (up to
@@ -87,6 +96,7 @@ async fn prepare_database(
         match prepared {
             Ok((applied, bus)) => {
                 tracing::info!(applied, "database ready; delivering events");
+                state.set_projections(Projections::start(bus.clone(), shutdown.clone(), &tasks));
                 state.set_bus(bus);
                 return;
             }

@@ -2,15 +2,19 @@
 //! ingestion, reads, the Server-Sent Events stream, the WebSocket, and health probes.
 
 mod assets;
+mod dashboard;
 mod error;
 mod health;
 mod ingest;
 mod metrics;
 mod read;
 mod sse;
+mod stats;
+mod tracker;
 mod ws;
 
 pub use error::ApiError;
+pub use tracker::MAX_TRACK_BODY;
 pub use ws::WsConfig;
 
 use std::sync::{Arc, OnceLock};
@@ -20,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 use crate::bus::Bus;
+use crate::projections::Projections;
 use crate::store::Store;
 
 /// Largest request body accepted by default (1 MiB).
@@ -33,6 +38,8 @@ pub struct AppState {
     /// Set once the database is prepared and the bus runs; until then the API answers 503.
     bus: Arc<OnceLock<Bus>>,
     max_body: usize,
+    /// The stats projector, for the live stats stream; set once it runs.
+    projections: Arc<OnceLock<Projections>>,
     /// Limits and timers of `/ws/events`.
     ws: WsConfig,
 }
@@ -40,7 +47,13 @@ pub struct AppState {
 impl AppState {
     /// State over `store`; not ready until [`AppState::set_bus`].
     pub fn new(store: Store) -> Self {
-        AppState { store, bus: Arc::new(OnceLock::new()), max_body: DEFAULT_MAX_BODY, ws: WsConfig::default() }
+        AppState {
+            store,
+            bus: Arc::new(OnceLock::new()),
+            max_body: DEFAULT_MAX_BODY,
+            projections: Arc::new(OnceLock::new()),
+            ws: WsConfig::default(),
+        }
     }
 
     /// State for an application that runs its own bus.
@@ -72,6 +85,16 @@ impl AppState {
         self.bus.get().is_some()
     }
 
+    /// Hands the running stats projector to the live stats stream (`/api/stats/stream`).
+    pub fn set_projections(&self, projections: Projections) {
+        let _ = self.projections.set(projections);
+    }
+
+    /// The stats projector, or a 503 if this server runs none (yet).
+    pub(crate) fn projections(&self) -> Result<&Projections, ApiError> {
+        self.projections.get().ok_or_else(|| ApiError::unavailable("the stats projector is not running (yet)"))
+    }
+
     /// The bus, or a 503 while FlightDeck is still starting.
     pub(crate) fn bus(&self) -> Result<&Bus, ApiError> {
         self.bus.get().ok_or_else(|| ApiError::unavailable("FlightDeck is still connecting to its database"))
@@ -82,6 +105,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{*path}", get(dashboard::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
@@ -90,6 +115,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))
         .route("/ws/events", get(ws::events))
+        .merge(tracker::routes())
+        .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -7,7 +7,6 @@
 //! too far behind has its stream closed; its browser reconnects and resumes from the store.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,8 +110,9 @@ pub(crate) fn render(events: &[Arc<Delivered>], batched: bool) -> Bytes {
     let size: usize = events.iter().map(|e| e.json().len() + 50).sum();
     let mut out = BytesMut::with_capacity(size + 2);
     if batched {
-        let last = events.last().map(|e| e.position).unwrap_or(Position::START);
-        id_line(&mut out, last);
+        if let Some(last) = events.last() {
+            id_line(&mut out, last);
+        }
         out.put_slice(b"data: [");
         for (i, event) in events.iter().enumerate() {
             if i > 0 {
@@ -123,7 +123,7 @@ pub(crate) fn render(events: &[Arc<Delivered>], batched: bool) -> Bytes {
         out.put_slice(b"]\n\n");
     } else {
         for event in events {
-            id_line(&mut out, event.position);
+            id_line(&mut out, event);
             out.put_slice(b"data: ");
             out.put_slice(event.json());
             out.put_slice(b"\n\n");
@@ -132,11 +132,10 @@ pub(crate) fn render(events: &[Arc<Delivered>], batched: bool) -> Bytes {
     out.freeze()
 }
 
-fn id_line(out: &mut BytesMut, position: Position) {
-    let mut line = String::with_capacity(40);
-    // Writing to a String cannot fail.
-    let _ = writeln!(line, "id: {position}");
-    out.put_slice(line.as_bytes());
+fn id_line(out: &mut BytesMut, event: &Delivered) {
+    out.put_slice(b"id: ");
+    out.put_slice(event.position_text().as_bytes());
+    out.put_u8(b'\n');
 }
 
 /// Parses `types=A,B&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>&batch=N,T`.

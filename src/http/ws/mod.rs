@@ -3,16 +3,18 @@
 //! SSE gives one subscription per connection; a dashboard with a dozen panels would need a dozen
 //! connections, each replaying on its own. Here one socket carries any number of subscriptions,
 //! each with its own filter, start position and batching, added and removed while the socket stays
-//! open. The protocol is JSON text frames (`protocol.rs`); the connection's life, its one queue
-//! and its close codes are in `session.rs`. The bus's guarantees carry over unchanged: per
-//! subscription, replay then live with no gap or duplicate, and a client that is closed on for
-//! being slow (or at shutdown) resumes each subscription from the last position it saw.
+//! open. The protocol is JSON text frames (requests in `protocol.rs`, what the server sends in
+//! `frames.rs`); the connection's life, its queues and its close codes are in `session.rs`. The
+//! bus's guarantees carry over unchanged: per subscription, replay then live with no gap or
+//! duplicate, and a client that is closed on for being slow (or at shutdown) resumes each
+//! subscription from the last position it saw.
 //!
 //! Close codes the server sends:
 //!
 //! | code | when | the client should |
 //! | --- | --- | --- |
 //! | 1001 going away | the server shuts down | reconnect (to another server) and resume |
+//! | 1002 protocol error, 1007 invalid data | the client broke RFC 6455 (e.g. unmasked frames) or sent a text frame that is not UTF-8 | fix the client |
 //! | 1009 message too big | a message over [`WsConfig::max_message`] | not send it again |
 //! | 1013 try again later | the client fell behind: a subscription lagged the bus, or the queue of answers overflowed; or the event store could not be read | reconnect and resume each subscription from its last position |
 //!
@@ -21,6 +23,7 @@
 //! no ping within [`WsConfig::pong_timeout`] is dropped without a close frame (it would not read
 //! one).
 
+mod frames;
 mod protocol;
 mod session;
 

@@ -32,13 +32,16 @@ use crate::http::metrics::SubscriberGauge;
 use crate::store::Position;
 
 use super::WsConfig;
-use super::protocol::{self, Code, ProtocolError, Request, StartAt, Subscribe, Target};
+use super::frames::{self, Target};
+use super::protocol::{self, Code, ProtocolError, Request, StartAt, Subscribe};
 
 /// Most events pulled from one subscription at once when it is not batched.
 const MAX_WRITE: usize = 256;
 
 /// Close codes (see the module docs of `ws`).
 const GOING_AWAY: u16 = 1001;
+const PROTOCOL_ERROR: u16 = 1002;
+const INVALID_DATA: u16 = 1007;
 const TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
 
@@ -203,38 +206,44 @@ impl Session {
         let result = match answer {
             Ok(Some(outbound)) => self.queue_outbound(outbound),
             Ok(None) => Ok(()),
-            Err(err) => self.send(protocol::error(&err)),
+            Err(err) => self.send(frames::error(&err)),
         };
         result.err()
     }
 
-    /// An error from the WebSocket layer: an oversized message gets 1009, anything else means
-    /// the socket is unusable.
+    /// An error from the WebSocket layer. The incoming half is done for, but the peer may still
+    /// read: an oversized message gets 1009, invalid UTF-8 1007, a protocol violation 1002;
+    /// anything else (a reset, an I/O error) means the socket is unusable.
     fn on_error(&self, err: axum::Error) -> End {
-        match err.into_inner().downcast::<tungstenite::Error>() {
-            Ok(err) if matches!(*err, tungstenite::Error::Capacity(_)) => End::Close(
+        let err = match err.into_inner().downcast::<tungstenite::Error>() {
+            Ok(err) => *err,
+            Err(err) => {
+                tracing::debug!(%err, "WebSocket read failed");
+                return End::Gone;
+            }
+        };
+        tracing::debug!(%err, "WebSocket read failed");
+        match err {
+            tungstenite::Error::Capacity(_) => End::Close(
                 TOO_BIG,
                 reason(&format!("message too big: at most {} bytes ({err})", self.config.max_message)),
             ),
-            Ok(err) => {
-                tracing::debug!(%err, "WebSocket read failed");
-                End::Gone
+            tungstenite::Error::Utf8(_) => End::Close(INVALID_DATA, "a text frame is not valid UTF-8".into()),
+            tungstenite::Error::Protocol(ref violation) => {
+                End::Close(PROTOCOL_ERROR, reason(&format!("protocol error: {violation}")))
             }
-            Err(err) => {
-                tracing::debug!(%err, "WebSocket read failed");
-                End::Gone
-            }
+            _ => End::Gone,
         }
     }
 
     /// Carries out a request; the answer to queue, if any.
     fn on_request(&mut self, request: Request) -> Result<Option<Outbound>, ProtocolError> {
         match request {
-            Request::Ping { id } => Ok(Some(Outbound::Frame(protocol::pong(id.as_deref())))),
+            Request::Ping { id } => Ok(Some(Outbound::Frame(frames::pong(id.as_deref())))),
             Request::Unsubscribe { id } => match self.subscriptions.remove(&id) {
                 Some(entry) => {
                     entry.stop.abort();
-                    Ok(Some(Outbound::Frame(protocol::unsubscribed(&id))))
+                    Ok(Some(Outbound::Frame(frames::unsubscribed(&id))))
                 }
                 None => Err(ProtocolError::new(
                     Code::UnknownId,
@@ -287,7 +296,7 @@ impl Session {
         let entry = Entry { stop, _gauge: SubscriberGauge::ws_subscription(&self.bus) };
         self.subscriptions.insert(id, entry);
         Ok(Outbound::Subscribe {
-            answer: protocol::subscribed(&target.id, position),
+            answer: frames::subscribed(&target.id, position),
             events: Abortable::new(events, registration),
         })
     }

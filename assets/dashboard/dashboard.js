@@ -1,0 +1,430 @@
+// FlightDeck's live dashboard.
+//
+// Two live sources, both resumable:
+// - the event stream (flightdeck.js, batched so thousands of events per second cost a few renders):
+//   the per-second chart, the rates and the feed of latest events;
+// - the projections' numbers (`/api/stats` and its live stream): counters, top pages, interactions,
+//   forms and sessions. Those are counted once, in PostgreSQL, so a reconnect or a server restart
+//   can never count an event twice on this page.
+// Rendering happens at most once per animation frame, whatever the event rate.
+
+import { subscribe } from '/flightdeck.js';
+import uPlot from '/assets/vendor/uPlot.esm.js';
+
+const TRACKED = ['PageViewed', 'ElementInteraction', 'FormSubmitted'];
+const LABELS = { PageViewed: 'Page views', ElementInteraction: 'Interactions', FormSubmitted: 'Form submissions' };
+const COLORS = { PageViewed: '#5cc8ff', ElementInteraction: '#c792ea', FormSubmitted: '#ffc857', other: '#8a96b0' };
+const WINDOW_SECONDS = 120;
+const FEED_SIZE = 60;
+const STATS_WINDOW_MINUTES = 60;
+
+const $ = (id) => document.getElementById(id);
+
+/** Everything the page shows, updated by the sources and drawn by `render`. */
+const state = {
+  filter: { site: '', type: '', page: '' },
+  subscription: null,
+  statsSource: null,
+  connection: 'connecting',
+  lastPosition: null,
+  /** Per-second buckets of live events: Map<epochSecond, Map<type, count>>. */
+  buckets: new Map(),
+  feed: [],
+  feedDirty: true,
+  types: new Set(TRACKED),
+  sites: new Set(),
+  pages: new Set(),
+  stats: null,
+  statsDirty: false,
+  received: 0,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The event stream
+
+function streamOptions() {
+  const { site, type, page } = state.filter;
+  const options = { from: 'now', batch: { maxEvents: 1000, maxDelayMs: 100 } };
+  if (type) options.types = [type];
+  if (site) options.where = { ...(options.where || {}), 'data.site': site };
+  if (page) options.where = { ...(options.where || {}), 'data.path': page };
+  return options;
+}
+
+function connectEvents() {
+  if (state.subscription) state.subscription.close();
+  state.buckets.clear();
+  state.feed = [];
+  state.feedDirty = true;
+  const subscription = subscribe(streamOptions());
+  subscription.onState((s) => {
+    state.connection = s;
+    scheduleRender();
+  });
+  subscription.onEvent((event) => receive(event));
+  state.subscription = subscription;
+}
+
+function receive(event) {
+  state.received += 1;
+  state.lastPosition = event.position;
+  const second = Math.floor(Date.parse(event.timestamp) / 1000);
+  let bucket = state.buckets.get(second);
+  if (!bucket) state.buckets.set(second, (bucket = new Map()));
+  bucket.set(event.type, (bucket.get(event.type) || 0) + 1);
+  if (!state.types.has(event.type)) state.types.add(event.type);
+  const site = event.data && typeof event.data === 'object' ? event.data.site : undefined;
+  if (typeof site === 'string') state.sites.add(site);
+  const path = event.data && typeof event.data === 'object' ? event.data.path : undefined;
+  if (typeof path === 'string' && state.pages.size < 500) state.pages.add(path);
+  state.feed.push(event);
+  if (state.feed.length > FEED_SIZE * 4) state.feed.splice(0, state.feed.length - FEED_SIZE);
+  state.feedDirty = true;
+  scheduleRender();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The projections' numbers
+
+function statsQuery() {
+  const params = new URLSearchParams();
+  if (state.filter.site) params.set('site', state.filter.site);
+  params.set('from', new Date(Date.now() - STATS_WINDOW_MINUTES * 60_000).toISOString());
+  return params;
+}
+
+async function loadStats() {
+  try {
+    const response = await fetch(`/api/stats?${statsQuery()}`);
+    if (response.ok) acceptStats(await response.json());
+  } catch (err) {
+    // The live stream below retries by itself; a failed first load only delays the numbers.
+    console.warn('FlightDeck: cannot load stats yet', err);
+  }
+}
+
+function connectStats() {
+  if (state.statsSource) state.statsSource.close();
+  const params = statsQuery();
+  params.delete('from');
+  params.set('minutes', String(STATS_WINDOW_MINUTES));
+  const source = new EventSource(`/api/stats/stream?${params}`);
+  source.onmessage = (message) => {
+    try {
+      acceptStats(JSON.parse(message.data));
+    } catch (err) {
+      console.warn('FlightDeck: bad stats frame', err);
+    }
+  };
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(() => state.statsSource === source && connectStats(), 2000 + Math.random() * 1000);
+    }
+  };
+  state.statsSource = source;
+}
+
+function acceptStats(stats) {
+  state.stats = normalizeStats(stats);
+  for (const site of state.stats.sites) state.sites.add(site);
+  state.statsDirty = true;
+  scheduleRender();
+}
+
+/** Reads the stats API's answer into the shape the page draws. */
+function normalizeStats(s) {
+  const list = (value, key) =>
+    Array.isArray(value)
+      ? value.map((row) => ({ name: String(row[key] ?? row.name ?? ''), count: Number(row.count ?? row.views ?? 0) }))
+      : Object.entries(value || {}).map(([name, count]) => ({ name, count: Number(count) }));
+  return {
+    totals: s.totals || s.eventsByType || {},
+    pages: list(s.pageViews || s.pages, 'path'),
+    interactions: list(s.interactions, 'element'),
+    forms: list(s.formSubmissions || s.forms, 'form'),
+    uniqueSessions: s.uniqueSessions ?? s.sessions?.unique ?? null,
+    activeSessions: s.activeSessions ?? s.sessions?.active ?? null,
+    sites: Array.isArray(s.sites) ? s.sites.map((x) => (typeof x === 'string' ? x : x.site)).filter(Boolean) : [],
+    position: s.position || null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drawing
+
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    render();
+  });
+}
+
+function render() {
+  renderConnection();
+  if (state.feedDirty) renderFeed();
+  if (state.statsDirty) renderStats();
+  renderCounters();
+}
+
+function renderConnection() {
+  const box = $('connection');
+  box.dataset.state = state.connection;
+  const resume = state.lastPosition ? ` after ${state.lastPosition.slice(-10)}` : '';
+  const text = {
+    connecting: 'connecting…',
+    open: 'live',
+    reconnecting: `reconnecting — resumes${resume || ' from now'}`,
+    closed: 'disconnected',
+  }[state.connection] || state.connection;
+  $('connection-text').textContent = text;
+  box.title = state.lastPosition ? `last position ${state.lastPosition}` : 'no event received yet';
+  $('position').textContent = state.lastPosition ? `position ${state.lastPosition}` : '';
+}
+
+function rateOf(type, seconds = 10) {
+  const now = Math.floor(Date.now() / 1000);
+  let n = 0;
+  for (let s = now - seconds; s < now; s++) {
+    const bucket = state.buckets.get(s);
+    if (!bucket) continue;
+    if (type) n += bucket.get(type) || 0;
+    else for (const v of bucket.values()) n += v;
+  }
+  return n / seconds;
+}
+
+function renderCounters() {
+  const host = $('counters');
+  const totals = state.stats ? state.stats.totals : {};
+  const cards = [['total', 'All events (last hour)', Object.values(totals).reduce((a, b) => a + Number(b), 0), rateOf(null)]];
+  for (const type of TRACKED) cards.push([type, LABELS[type], totals[type] ?? 0, rateOf(type)]);
+  for (const [type, count] of Object.entries(totals)) {
+    if (!TRACKED.includes(type)) cards.push([type, type, count, rateOf(type)]);
+  }
+  if (host.children.length !== cards.length) {
+    host.replaceChildren(...cards.map(([key]) => {
+      const card = document.createElement('div');
+      card.className = `counter ${key}`;
+      card.dataset.type = key;
+      card.innerHTML = '<div class="value">0</div><div class="label"></div><div class="rate"></div>';
+      return card;
+    }));
+  }
+  cards.forEach(([key, label, count, rate], i) => {
+    const card = host.children[i];
+    card.className = `counter ${key}`;
+    card.dataset.type = key;
+    card.querySelector('.value').textContent = Number(count).toLocaleString();
+    card.querySelector('.label').textContent = label;
+    card.querySelector('.rate').textContent = `${rate.toFixed(1)} /s now`;
+  });
+}
+
+function renderTop(tableId, rows) {
+  const body = $(tableId).tBodies[0];
+  const sorted = [...rows].sort((a, b) => b.count - a.count).slice(0, 8);
+  if (sorted.length === 0) {
+    const row = document.createElement('tr');
+    row.className = 'empty';
+    row.innerHTML = '<td>nothing yet</td>';
+    body.replaceChildren(row);
+    return;
+  }
+  const max = sorted[0].count || 1;
+  body.replaceChildren(...sorted.map(({ name, count }) => {
+    const row = document.createElement('tr');
+    const nameCell = document.createElement('td');
+    nameCell.className = 'name';
+    nameCell.textContent = name || '(none)';
+    nameCell.title = name;
+    const bar = document.createElement('div');
+    bar.className = 'bar';
+    bar.style.width = `${Math.max(2, (100 * count) / max)}%`;
+    nameCell.append(bar);
+    const countCell = document.createElement('td');
+    countCell.className = 'n';
+    countCell.textContent = count.toLocaleString();
+    row.append(nameCell, countCell);
+    return row;
+  }));
+}
+
+function renderStats() {
+  state.statsDirty = false;
+  const stats = state.stats;
+  renderTop('top-pages', stats.pages);
+  renderTop('top-interactions', stats.interactions);
+  renderTop('top-forms', stats.forms);
+  $('active-sessions').textContent = stats.activeSessions ?? '–';
+  $('unique-sessions').textContent = stats.uniqueSessions ?? '–';
+  $('stats-window').textContent = `last ${STATS_WINDOW_MINUTES} min`;
+  refreshOptions();
+}
+
+function refreshOptions() {
+  fillSelect($('filter-type'), state.types, 'all types');
+  fillSelect($('filter-site'), state.sites, 'all sites');
+  const list = $('known-pages');
+  if (list.children.length !== state.pages.size) {
+    list.replaceChildren(...[...state.pages].sort().map((p) => Object.assign(document.createElement('option'), { value: p })));
+  }
+}
+
+function fillSelect(select, values, allLabel) {
+  if (select.options.length === values.size + 1) return;
+  const current = select.value;
+  select.replaceChildren(
+    Object.assign(document.createElement('option'), { value: '', textContent: allLabel }),
+    ...[...values].sort().map((v) => Object.assign(document.createElement('option'), { value: v, textContent: v })),
+  );
+  select.value = current;
+}
+
+function summary(event) {
+  const d = event.data && typeof event.data === 'object' ? event.data : {};
+  switch (event.type) {
+    case 'PageViewed':
+      return `${d.path ?? ''}${d.title ? ` — ${d.title}` : ''}`;
+    case 'ElementInteraction':
+      return `${d.element ?? ''}${d.path ? ` on ${d.path}` : ''}`;
+    case 'FormSubmitted':
+      return `${d.form ?? ''}${Array.isArray(d.fields) ? ` (${d.fields.length} fields)` : ''}`;
+    default:
+      return JSON.stringify(event.data).slice(0, 120);
+  }
+}
+
+function renderFeed() {
+  state.feedDirty = false;
+  const latest = state.feed.slice(-FEED_SIZE).reverse();
+  const list = $('feed');
+  list.replaceChildren(...latest.map((event) => {
+    const item = document.createElement('li');
+    item.dataset.position = event.position;
+    const time = document.createElement('span');
+    time.className = 'time';
+    time.textContent = new Date(event.timestamp).toLocaleTimeString();
+    const type = document.createElement('span');
+    type.className = `type ${event.type}`;
+    type.textContent = event.type;
+    const text = document.createElement('span');
+    text.className = 'summary';
+    text.textContent = summary(event);
+    const stream = document.createElement('span');
+    stream.className = 'stream mono';
+    stream.textContent = event.stream;
+    item.append(time, type, text, stream);
+    item.addEventListener('click', () => toggleDetails(item, event));
+    return item;
+  }));
+  $('feed-note').textContent = `${state.received.toLocaleString()} received since the page opened`;
+}
+
+function toggleDetails(item, event) {
+  const open = item.querySelector('pre');
+  if (open) return open.remove();
+  const pre = document.createElement('pre');
+  pre.textContent = JSON.stringify(event, null, 2);
+  item.append(pre);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chart: events per second over the last two minutes, one line per type.
+
+let chart = null;
+const SERIES = [...TRACKED, 'other'];
+
+function chartData() {
+  const now = Math.floor(Date.now() / 1000);
+  const xs = [];
+  const ys = SERIES.map(() => []);
+  for (let s = now - WINDOW_SECONDS; s < now; s++) {
+    xs.push(s);
+    const bucket = state.buckets.get(s);
+    SERIES.forEach((type, i) => {
+      if (!bucket) return ys[i].push(0);
+      if (type !== 'other') return ys[i].push(bucket.get(type) || 0);
+      let other = 0;
+      for (const [t, v] of bucket) if (!TRACKED.includes(t)) other += v;
+      ys[i].push(other);
+    });
+  }
+  for (const s of state.buckets.keys()) if (s < now - WINDOW_SECONDS - 5) state.buckets.delete(s);
+  return [xs, ...ys];
+}
+
+function makeChart() {
+  const host = $('chart');
+  const opts = {
+    width: host.clientWidth || 800,
+    height: 220,
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(5, Math.ceil(max * 1.15))] } },
+    axes: [
+      { stroke: '#8a96b0', grid: { stroke: '#222c45' }, ticks: { stroke: '#222c45' } },
+      { stroke: '#8a96b0', grid: { stroke: '#222c45' }, ticks: { stroke: '#222c45' } },
+    ],
+    series: [
+      {},
+      ...SERIES.map((type) => ({
+        label: LABELS[type] || 'Other',
+        stroke: COLORS[type] || COLORS.other,
+        width: 2,
+        points: { show: false },
+      })),
+    ],
+  };
+  chart = new uPlot(opts, chartData(), host);
+  new ResizeObserver(() => chart.setSize({ width: host.clientWidth, height: 220 })).observe(host);
+}
+
+function tick() {
+  if (chart) chart.setData(chartData());
+  $('rate-now').textContent = `${rateOf(null).toFixed(1)} /s over the last 10 s`;
+  renderCounters();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+function applyFilters(event) {
+  event?.preventDefault();
+  state.filter = {
+    site: $('filter-site').value,
+    type: $('filter-type').value,
+    page: $('filter-page').value.trim(),
+  };
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(state.filter)) if (value) params.set(key, value);
+  history.replaceState(null, '', params.size ? `?${params}` : location.pathname);
+  connectEvents();
+  loadStats();
+  connectStats();
+}
+
+function start() {
+  const params = new URLSearchParams(location.search);
+  state.filter = { site: params.get('site') || '', type: params.get('type') || '', page: params.get('page') || '' };
+  if (state.filter.site) state.sites.add(state.filter.site);
+  if (state.filter.type) state.types.add(state.filter.type);
+  refreshOptions();
+  $('filter-site').value = state.filter.site;
+  $('filter-type').value = state.filter.type;
+  $('filter-page').value = state.filter.page;
+  $('filters').addEventListener('submit', applyFilters);
+  $('filter-type').addEventListener('change', applyFilters);
+  $('filter-site').addEventListener('change', applyFilters);
+  makeChart();
+  connectEvents();
+  loadStats();
+  connectStats();
+  render();
+  setInterval(tick, 1000);
+  // For tests and the curious: the page's live state.
+  window.flightdeckDashboard = state;
+}
+
+start();
