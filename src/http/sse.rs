@@ -54,9 +54,16 @@ pub(super) async fn stream(
         }
     }
     let bus = state.bus()?;
+    // Where this stream starts, told to the client first so that a reconnect before any event
+    // resumes there rather than at a later "now" (which would skip what happened in between).
+    let from = match start {
+        Start::Now => bus.delivered(),
+        Start::Beginning => Position::START,
+        Start::After(position) => position,
+    };
     let gauge = SubscriberGauge::sse(bus);
     let chunks = bus.subscribe(filter, start).chunks(batch.unwrap_or(Batching::ready(MAX_WRITE)));
-    let body = Body::from_stream(frames(chunks, batch.is_some(), gauge));
+    let body = Body::from_stream(frames(chunks, batch.is_some(), from, gauge));
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -74,18 +81,24 @@ struct BodyState {
     _gauge: SubscriberGauge,
 }
 
-/// The response body: the `retry:` hint, then one write per chunk of events, and keep-alive
+/// The response body: the `retry:` hint with a `subscribed` event carrying the start position, then one write per chunk of events, and keep-alive
 /// comments in quiet times. Ends (so the client reconnects with `Last-Event-ID`) when the
 /// subscription lags or the server shuts down; dropping it (the client went away) unsubscribes.
 fn frames(
     chunks: Chunks,
     batched: bool,
+    from: Position,
     gauge: SubscriberGauge,
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = BodyState { chunks, batched, keep_alive, _gauge: gauge };
-    let hello = Bytes::from(format!("retry: {}\n: flightdeck\n\n", RETRY.as_millis()));
+    // A named event, so `onmessage` never sees it; its `id:` also makes a browser's own reconnect
+    // resume from the start position.
+    let hello = Bytes::from(format!(
+        "retry: {}\nevent: subscribed\nid: {from}\ndata: {{\"position\":\"{from}\"}}\n\n",
+        RETRY.as_millis()
+    ));
     let rest = futures::stream::unfold(state, |mut state| async move {
         let bytes = tokio::select! {
             chunk = state.chunks.next() => match chunk? {
