@@ -448,6 +448,16 @@ class SseTransport {
       this.backoff.reset();
       this.sub._opened();
     };
+    // The server's first frame says where the stream starts: a reconnect before any event then
+    // resumes there, not at a later "now" that would skip what was stored in between.
+    source.addEventListener('subscribed', (message) => {
+      if (this.source !== source) return;
+      try {
+        this.sub._opened(JSON.parse(message.data).position);
+      } catch {
+        // An older server without a start position: resume from the last event, as before.
+      }
+    });
     source.onmessage = (message) => {
       if (this.source !== source) return;
       let payload;

@@ -225,7 +225,7 @@ async fn batches(sse: &mut SseClient, n: usize) -> Vec<(String, Vec<Value>)> {
     let mut total = 0;
     while total < n {
         let frame = sse.next().await.unwrap_or_else(|| panic!("stream ended after {total} of {n} events"));
-        if frame.data.is_empty() {
+        if frame.data.is_empty() || frame.event.is_some() {
             continue;
         }
         let events: Vec<Value> = serde_json::from_str(&frame.data).unwrap();
@@ -293,5 +293,36 @@ async fn bad_batch_parameters_are_refused_before_the_stream() {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{query}: {message}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_first_frame_says_where_the_stream_starts() {
+    let db = common::test_db().await;
+    let app = App::start(&db).await;
+    let (_, body) = app.post(json!({"stream": "f", "type": "E", "data": 1})).await;
+    let first: String = body["events"][0]["position"].as_str().unwrap().into();
+    common::settle(&db.store, first.parse().unwrap()).await;
+    let opening = |query: &'static str, last: Option<String>| {
+        let url = app.url(&format!("/api/events{query}"));
+        async move {
+            let mut sse = SseClient::connect(&url, last.as_deref()).await;
+            let frame = sse.next().await.unwrap();
+            assert_eq!(frame.retry, Some(1000));
+            assert_eq!(frame.event.as_deref(), Some("subscribed"), "a named event: onmessage never sees it");
+            let data: Value = serde_json::from_str(&frame.data).unwrap();
+            assert_eq!(frame.id.as_deref(), data["position"].as_str(), "the id resumes a browser's own reconnect");
+            frame.id.unwrap()
+        }
+    };
+    assert_eq!(opening("?from=start", None).await, "0".repeat(32));
+    assert_eq!(opening("?from=now", Some(first.clone())).await, first);
+    // "now" is the last event delivered when the stream opened: resuming there misses nothing.
+    let mut delivered = opening("", None).await;
+    while delivered < first {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        delivered = opening("", None).await;
+    }
+    assert_eq!(delivered, first);
     app.stop().await;
 }

@@ -107,12 +107,18 @@ async fn one_socket_many_filtered_subscriptions() {
 #[tokio::test]
 async fn each_subscription_starts_at_its_own_position() {
     let db = common::test_db().await;
-    let (app, _bus) = serve(&db, BusOptions::default(), WsConfig::default()).await;
+    let (app, bus) = serve(&db, BusOptions::default(), WsConfig::default()).await;
     let mut positions = Vec::new();
     for n in 0..5 {
         positions.push(post(&app, "s", "E", json!({"n": n})).await);
     }
     common::settle(&db.store, positions[4].parse().unwrap()).await;
+    // "now" is the bus's now: wait until the pump has broadcast what was appended, or a loaded
+    // machine hands the first events to the "now" subscription too.
+    let last: flightdeck::store::Position = positions[4].parse().unwrap();
+    while bus.delivered() < last {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let mut ws = WsClient::connect(&app.base).await;
     let start = ws.subscribe("start", json!({"from": "start"})).await;
     assert_eq!(start["position"], "0".repeat(32));

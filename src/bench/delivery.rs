@@ -250,7 +250,8 @@ async fn subscriber(target: Arc<Target>, shared: Arc<Shared>) -> Result<Subscrib
         let mut first_frame = false;
         let read = sse.read_frames(|frame, now| {
             first_frame = true;
-            let Some(data) = frame.data else { return };
+            // The `subscribed` frame that opens the stream is not an event.
+            let (Some(data), None) = (frame.data, frame.event) else { return };
             match serde_json::from_str::<Envelope>(&data) {
                 Ok(env) if env.stream.starts_with(shared.prefix.as_str()) => {
                     out.frames += 1;

@@ -288,7 +288,9 @@ async function countFrames(page) {
   cdp.on('Network.requestWillBeSent', ({ requestId, request }) => {
     if (request.url.includes('/api/events?') && request.url.includes('batch=')) batchedRequests.add(requestId);
   });
-  cdp.on('Network.eventSourceMessageReceived', ({ requestId }) => {
+  cdp.on('Network.eventSourceMessageReceived', ({ requestId, eventName }) => {
+    // The opening `subscribed` frame (the start position) carries no events.
+    if (eventName !== 'message') return;
     counts[batchedRequests.has(requestId) ? 'batched' : 'single'] += 1;
   });
   const batchedSubs = new Set();

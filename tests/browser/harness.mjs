@@ -14,16 +14,31 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const BINARY = process.env.FLIGHTDECK_BIN ?? join(ROOT, 'target/debug/flightdeck');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
-/** Every server started and not yet stopped, killed if the process exits early. */
+/** Every server started and not yet stopped, killed if the process exits or is stopped early. */
 const running = new Set();
+/** Browsers and scratch directories, cleaned up if the process is stopped early. */
+const browsers = new Set();
+const dirs = new Set();
 process.on('exit', () => {
   for (const server of running) server.killNow();
 });
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(signal, async () => {
+    const servers = [...running];
+    for (const server of servers) server.killNow();
+    const closing = [...browsers].map((browser) => browser.close().catch(() => {}));
+    await Promise.race([Promise.all([...closing, ...servers.map((server) => server.exited)]), sleep(5000)]);
+    await sleep(500); // the embedded PostgreSQL follows its server down
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    process.exit(1);
+  });
+}
 
 /** A scratch directory the `postgres` user can reach (FlightDeck runs PostgreSQL as it under root). */
 export function scratchDir() {
   const dir = mkdtempSync(join(tmpdir(), 'flightdeck-browser-'));
   chmodSync(dir, 0o755);
+  dirs.add(dir);
   return dir;
 }
 
@@ -32,6 +47,7 @@ export async function removeDir(dir) {
   const pidFile = join(dir, 'data/postgres/data/postmaster.pid');
   for (let i = 0; i < 200 && existsSync(pidFile); i++) await sleep(50);
   rmSync(dir, { recursive: true, force: true });
+  dirs.delete(dir);
 }
 
 /**
@@ -151,12 +167,15 @@ export async function ingestUntilStored(baseUrl, events, deadlineMs = 120_000) {
 }
 
 /** Debian's Chromium, headless. */
-export function launchBrowser() {
-  return chromium.launch({
+export async function launchBrowser() {
+  const browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
     timeout: 60_000,
   });
+  browsers.add(browser);
+  browser.on('disconnected', () => browsers.delete(browser));
+  return browser;
 }
 
 /**

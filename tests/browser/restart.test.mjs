@@ -52,14 +52,19 @@ test('the server restarts mid-stream: the page resumes and has every event exact
       await page.evaluate(([n, o]) => window.record(n, o), [name, { streamPrefix: `${run}-`, transport, batch }]);
     }
   }
-  // A WebSocket subscription whose first event comes only after the first restart: it must resume
-  // from where the server said it started, not from "now" again (which would skip the events stored
-  // before it reconnected).
-  const quiet = TRANSPORTS.includes('ws') ? 'ws-quiet' : null;
-  if (quiet) {
-    const options = { streamPrefix: `${run}-`, where: { 'data.phase': 'late' }, transport: 'ws' };
-    await page.evaluate(([n, o]) => window.record(n, o), [quiet, options]);
-    names.push(quiet);
+  // Subscriptions whose first event comes only after the first restart: each must resume from
+  // where the server said it started (SSE's opening frame, WebSocket's `subscribed`), not from "now"
+  // again (which would skip the events stored before it reconnected).
+  const quietNames = TRANSPORTS.map((t) => `${t}-quiet`);
+  const isQuiet = (name) => quietNames.includes(name);
+  const sseQuietUrls = [];
+  page.on('request', (request) => {
+    if (request.url().includes('/api/events?') && request.url().includes('data.phase')) sseQuietUrls.push(request.url());
+  });
+  for (const transport of TRANSPORTS) {
+    const options = { streamPrefix: `${run}-`, where: { 'data.phase': 'late' }, transport };
+    await page.evaluate(([n, o]) => window.record(n, o), [`${transport}-quiet`, options]);
+    names.push(`${transport}-quiet`);
   }
   await waitOpen(page, names);
 
@@ -80,7 +85,7 @@ test('the server restarts mid-stream: the page resumes and has every event exact
     const at = Math.round((TOTAL * (i + 1)) / (STOPS.length + 1));
     while (stored.length < at) await sleep(10);
     // Every subscription is receiving: the stop happens mid-stream.
-    for (const name of names.filter((n) => n !== quiet || i > 0)) await waitEvents(page, name, 1);
+    for (const name of names.filter((n) => !isQuiet(n) || i > 0)) await waitEvents(page, name, 1);
     const stopped = await server.stop(signal);
     assert.ok(signal === 'SIGKILL' || stopped.code === 0, `serve stops cleanly on ${signal}: ${JSON.stringify(stopped)}`);
     phase = 'late';
@@ -90,7 +95,7 @@ test('the server restarts mid-stream: the page resumes and has every event exact
   assert.equal(stored.length, TOTAL);
 
   for (const name of names) {
-    const want = name === quiet ? stored.filter((e) => e.phase === 'late') : stored;
+    const want = isQuiet(name) ? stored.filter((e) => e.phase === 'late') : stored;
     await waitEvents(page, name, want.length, 120_000);
     // Give a duplicate the chance to show up.
     await sleep(200);
@@ -107,12 +112,20 @@ test('the server restarts mid-stream: the page resumes and has every event exact
     const reconnects = log.states.filter((s) => s === 'reconnecting').length;
     assert.equal(reconnects, STOPS.length, `${name}: reconnected once per restart: ${log.states.join(' → ')}`);
   }
-  if (quiet) {
+  if (TRANSPORTS.includes('ws')) {
     // The quiet subscription was subscribed three times; each resubscription named a position.
     const mine = subscribeFrames.filter((f) => f.where?.['data.phase'] === 'late');
     assert.equal(mine.length, STOPS.length + 1);
     assert.equal(mine[0].from, 'now');
     for (const frame of mine.slice(1)) assert.match(frame.from, /^[0-9a-f]{32}$/, 'resumed from a position');
+  }
+  if (TRANSPORTS.includes('sse')) {
+    // Likewise over SSE: the first request asked for "now", every reconnection for a position
+    // (attempts while the server was down included).
+    const froms = sseQuietUrls.map((url) => new URL(url).searchParams.get('from'));
+    assert.ok(froms.length >= STOPS.length + 1, froms.join(' '));
+    assert.equal(froms[0], 'now');
+    for (const from of froms.slice(1)) assert.match(from, /^[0-9a-f]{32}$/, 'resumed from a position');
   }
   assert.deepEqual(page.problems, []);
 });

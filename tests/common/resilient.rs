@@ -175,7 +175,15 @@ async fn follow(
                 loop {
                     while let Some(end) = find_frame_end(&buffer) {
                         let raw: Vec<u8> = buffer.drain(..end).collect();
-                        if let Some((id, data)) = parse_frame(&raw) {
+                        let (id, event, data) = parse_frame(&raw);
+                        // Like a browser: any frame's id is the one to resume after, including the
+                        // opening `subscribed` frame's (the start position).
+                        if event.as_deref() == Some("subscribed") {
+                            last_id = id.or(last_id);
+                            continue;
+                        }
+                        assert_eq!(event, None, "FlightDeck's event frames have no event: line");
+                        if let Some(data) = data {
                             let envelope: Value = serde_json::from_str(&data)
                                 .unwrap_or_else(|e| panic!("an SSE frame's data is not JSON ({e}): {data}"));
                             let frame_id = id.unwrap_or_else(|| panic!("an event frame without an id: {data}"));
@@ -216,11 +224,12 @@ fn find_frame_end(buffer: &[u8]) -> Option<usize> {
     buffer.windows(2).position(|w| w == b"\n\n").map(|at| at + 2)
 }
 
-/// A frame's `id:` and `data:` (lines joined with `\n`), or None for frames without data (the
+/// A frame's `id:`, `event:` and `data:` (lines joined with `\n`); all None for comments (the
 /// retry hint, keep-alive comments). Malformed UTF-8 is a test failure.
-fn parse_frame(raw: &[u8]) -> Option<(Option<String>, String)> {
+fn parse_frame(raw: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
     let text = std::str::from_utf8(raw).expect("SSE frames are UTF-8");
     let mut id = None;
+    let mut event = None;
     let mut data: Option<String> = None;
     for line in text.lines() {
         if line.is_empty() || line.starts_with(':') {
@@ -237,11 +246,11 @@ fn parse_frame(raw: &[u8]) -> Option<(Option<String>, String)> {
                 }
                 None => data = Some(value.to_string()),
             },
-            "event" => panic!("FlightDeck sends no event: lines, got {line:?}"),
+            "event" => event = Some(value.to_string()),
             _ => {}
         }
     }
-    data.map(|d| (id, d))
+    (id, event, data)
 }
 
 /// What writers went through.

@@ -72,7 +72,7 @@ impl SseClient {
         let mut out = Vec::new();
         while out.len() < n {
             let frame = self.next().await.unwrap_or_else(|| panic!("stream ended after {} of {n}", out.len()));
-            if frame.data.is_empty() {
+            if frame.data.is_empty() || frame.event.as_deref() == Some("subscribed") {
                 continue;
             }
             assert_eq!(frame.event, None, "no event: line");
