@@ -4,10 +4,14 @@
 mod assets;
 mod dashboard;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod ingest;
 mod metrics;
+mod openapi;
 mod read;
+mod security;
 mod sse;
 mod stats;
 mod tracker;
@@ -115,8 +119,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))
         .route("/ws/events", get(ws::events))
+        .route("/api/openapi.json", get(openapi::document))
         .merge(tracker::routes())
         .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(security::nosniff))
         .with_state(state)
 }
