@@ -20,7 +20,7 @@ async fn numbers_read_back_exactly_and_never_stall_delivery() {
     let data = json!({
         "max": f64::MAX,
         "min": -f64::MAX,
-        "tiny": -2.0486909788123228e-120,
+        "tiny": -2.048_690_978_812_323e-120,
         "subnormal": 5e-324,
         "third": 1.0 / 3.0,
         "big": 4.523638870409889e21,

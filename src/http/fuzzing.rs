@@ -67,7 +67,7 @@ mod tests {
     fn numbers_read_back_in_the_spelling_postgresql_uses() {
         let cases = [
             (format!("17976931348623157{}", "0".repeat(292)), f64::MAX),
-            (format!("-0.{}20486909788123228", "0".repeat(119)), -2.0486909788123228e-120),
+            (format!("-0.{}20486909788123228", "0".repeat(119)), -2.048_690_978_812_323e-120),
             (format!("0.{}5", "0".repeat(323)), 5e-324),
         ];
         for (spelled, value) in cases {
@@ -77,6 +77,6 @@ mod tests {
         let (_, _, events) =
             ingest_body(br#"{"stream":"n","type":"T","data":[1.7976931348623157e308,-2.0486909788123228e-120]}"#)
                 .unwrap();
-        assert_eq!(events[0].data, json!([f64::MAX, -2.0486909788123228e-120]));
+        assert_eq!(events[0].data, json!([f64::MAX, -2.048_690_978_812_323e-120]));
     }
 }
