@@ -26,6 +26,10 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}"
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc
 
+# Hostile input over HTTP: schemathesis against the real `flightdeck serve`, generating requests from
+# the OpenAPI description it serves (about 2 minutes; see scripts/api-fuzz.sh).
+bash scripts/api-fuzz.sh
+
 # The JavaScript client (assets/flightdeck.js) in a real browser: Debian's Chromium driven by
 # playwright-core against the real `flightdeck serve` (tests/browser/).
 if [ ! -x /usr/bin/chromium ]; then

@@ -43,7 +43,20 @@ pub(super) async fn ingest(
         }
         other => ApiError::bad_request("bad_body", other.body_text()),
     })?;
-    let value: Value = serde_json::from_slice(&body)
+    let (stream, expected, events) = parse_body(&body)?;
+    let bus = state.bus()?;
+    let out = bus.append(&stream, expected, &events).await?;
+    let status = if out.already_stored { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({ "events": out.events }))))
+}
+
+fn state_limit(state: &AppState) -> usize {
+    state.max_body
+}
+
+/// Parses a request body: one event object or a non-empty array of them, all to one stream.
+pub(crate) fn parse_body(body: &[u8]) -> Result<(String, ExpectedVersion, Vec<NewEvent>), ApiError> {
+    let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
     let items = match value {
         Value::Array(items) if items.is_empty() => {
@@ -53,15 +66,13 @@ pub(super) async fn ingest(
         object @ Value::Object(_) => vec![object],
         _ => return Err(ApiError::bad_request("invalid_event", "send an event object or an array of event objects")),
     };
-    let (stream, expected, events) = parse_events(items)?;
-    let bus = state.bus()?;
-    let out = bus.append(&stream, expected, &events).await?;
-    let status = if out.already_stored { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!({ "events": out.events }))))
+    parse_events(items)
 }
 
-fn state_limit(state: &AppState) -> usize {
-    state.max_body
+/// At most 80 characters of client input, for error messages (a client must not be able to make
+/// an answer as large as its request).
+fn clip(text: &str) -> String {
+    text.chars().take(80).collect()
 }
 
 /// Turns the request's event objects into one append, naming the field and index of any problem.
@@ -86,7 +97,7 @@ fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEv
         let id = match object.remove("id") {
             None | Some(Value::Null) => Some(Uuid::now_v7()),
             Some(Value::String(s)) => {
-                Some(Uuid::parse_str(&s).map_err(|_| bad(format!("{at}id {s:?} is not a UUID")))?)
+                Some(Uuid::parse_str(&s).map_err(|_| bad(format!("{at}id {:?} is not a UUID", clip(&s))))?)
             }
             Some(_) => return Err(bad(format!("{at}id must be a UUID string"))),
         };
@@ -106,13 +117,17 @@ fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEv
         };
         if let Some(unknown) = object.keys().next() {
             return Err(bad(format!(
-                "{at}{unknown} is not an event field (fields: stream, type, data, metadata, id, expectedVersion)"
+                "{at}{} is not an event field (fields: stream, type, data, metadata, id, expectedVersion)",
+                clip(unknown)
             )));
         }
         match &stream {
             None => stream = Some(this_stream),
             Some(s) if *s != this_stream => {
-                return Err(bad(format!("{at}stream: all events of one request must go to the same stream ({s:?})")));
+                return Err(bad(format!(
+                    "{at}stream: all events of one request must go to the same stream ({:?})",
+                    clip(s)
+                )));
             }
             Some(_) => {}
         }

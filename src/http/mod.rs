@@ -4,11 +4,15 @@
 mod assets;
 mod dashboard;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod ingest;
 mod limits;
 mod metrics;
+mod openapi;
 mod read;
+mod security;
 mod sse;
 mod stats;
 mod tracker;
@@ -127,8 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events/{id}", get(read::event))
         .route("/api/streams/{stream}", get(read::stream))
         .route("/ws/events", get(ws::events))
+        .route("/api/openapi.json", get(openapi::document))
         .merge(tracker::routes(state.limits.config().max_track_body))
         .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(security::nosniff))
         .with_state(state)
 }

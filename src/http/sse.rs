@@ -190,7 +190,8 @@ pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
                 return Err(ApiError::bad_request(
                     "invalid_query",
                     format!(
-                        "unknown parameter {other:?} (known: types, channels, stream, streamPrefix, where, from, batch)"
+                        "unknown parameter {:?} (known: types, channels, stream, streamPrefix, where, from, batch)",
+                        clip(other)
                     ),
                 ));
             }
@@ -201,10 +202,15 @@ pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
 
 /// `N,T`: up to N events per frame, waiting up to T milliseconds (`N` alone: T = 0).
 fn parse_batch(value: &str) -> Result<Batching, ApiError> {
-    let invalid = |why: String| ApiError::bad_request("invalid_batch", format!("batch={value:?}: {why}"));
+    let invalid = |why: String| ApiError::bad_request("invalid_batch", format!("batch={:?}: {why}", clip(value)));
     let (events, delay) = value.split_once(',').unwrap_or((value, "0"));
     let events: usize =
         events.trim().parse().map_err(|_| invalid("expected N,T: events per frame, then milliseconds".into()))?;
     let delay: u64 = delay.trim().parse().map_err(|_| invalid("T must be a whole number of milliseconds".into()))?;
     Batching::new(events, Duration::from_millis(delay)).map_err(invalid)
+}
+
+/// At most 80 characters of client input, for error messages.
+fn clip(text: &str) -> String {
+    text.chars().take(80).collect()
 }

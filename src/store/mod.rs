@@ -18,6 +18,7 @@ mod versions;
 
 pub use append::append_in;
 pub use error::StoreError;
+pub(crate) use event::validate_append;
 pub use event::{
     AppendOutcome, AppendedEvent, ExpectedVersion, MAX_NAME_BYTES, NewEvent, RecordedEvent, ValidationError,
     metadata_object, validate_name,

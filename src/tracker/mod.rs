@@ -79,7 +79,7 @@ pub fn parse(body: &[u8]) -> Result<TrackBatch, TrackError> {
         Some(_) => return Err(invalid("events must be an array of {\"id\", \"type\", \"data\"}")),
     };
     if let Some(unknown) = envelope.keys().next() {
-        return Err(invalid(format!("{unknown} is not a request field (fields: site, session, events)")));
+        return Err(invalid(format!("{} is not a request field (fields: site, session, events)", clip(unknown))));
     }
     if items.is_empty() {
         return Err(invalid("events is empty: send at least one event"));
@@ -128,7 +128,7 @@ fn parse_event(item: Value, at: &str, site: &str, session: &str) -> Result<NewEv
         Some(_) => return Err(invalid(format!("{at}.data must be an object"))),
     };
     if let Some(unknown) = object.keys().next() {
-        return Err(invalid(format!("{at}.{unknown} is not an event field (fields: id, type, data)")));
+        return Err(invalid(format!("{at}.{} is not an event field (fields: id, type, data)", clip(unknown))));
     }
     schema::check(kind, &mut data, &format!("{at}.data"))?;
     data.insert("site".into(), Value::String(site.to_string()));

@@ -105,3 +105,14 @@ pub(super) async fn events(
         .on_upgrade(move |socket| session::run(socket, bus, config, limits, permit));
     Ok(response)
 }
+
+/// Decodes one client text frame exactly as a session does, without a socket: the filter of a
+/// `subscribe` (`None` for the other ops), or the `error` frame's code and message. For the fuzz
+/// targets (`crate::http::fuzzing`).
+pub(super) fn decode_frame(text: &str) -> Result<Option<crate::bus::Filter>, (&'static str, String)> {
+    match protocol::parse(text) {
+        Ok(protocol::Request::Subscribe(subscribe)) => Ok(Some(subscribe.filter)),
+        Ok(_) => Ok(None),
+        Err(err) => Err((err.code.as_str(), err.message)),
+    }
+}

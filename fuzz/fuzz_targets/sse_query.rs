@@ -1,0 +1,22 @@
+//! `GET /api/events`'s query string, as the SSE handler reads it: never panics; a refusal is a 400
+//! whose message stays small; an accepted `where` names a real path.
+#![no_main]
+
+use flightdeck::http::fuzzing;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(query) = std::str::from_utf8(data) else { return };
+    match fuzzing::sse_query(query) {
+        Ok((filter, _start, _batch)) => {
+            for test in &filter.fields {
+                assert!(!test.path.is_empty() && test.path.iter().all(|key| !key.is_empty()), "{test:?}");
+            }
+            assert!(filter.types.iter().chain(&filter.channels).all(|name| !name.is_empty()));
+        }
+        Err(err) => {
+            assert_eq!(err.status, 400, "{err:?}");
+            assert!(err.message.len() < 4096, "the error echoes too much input: {} bytes", err.message.len());
+        }
+    }
+});
