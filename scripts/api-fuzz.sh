@@ -86,7 +86,7 @@ fi
 # One worker: with two, schemathesis's threads hit a CPython 3.11 bug ("AST constructor recursion
 # depth mismatch") and report it as errors; one also keeps the load on a 2-core machine low.
 status=0
-"$venv/bin/schemathesis" run "$base/api/openapi.json" \
+"$venv/bin/schemathesis" --config-file "$PWD/tests/api/schemathesis.toml" run "$base/api/openapi.json" \
     "${checks[@]}" \
     --exclude-operation-id streamEvents --exclude-operation-id statsStream \
     --max-examples "$examples" --max-time "$seconds" --seed "$seed" \
