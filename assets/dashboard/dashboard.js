@@ -84,6 +84,7 @@ function connectEvents() {
   const from = previous?.lastPosition ?? 'now';
   state.subscription = null; // its 'closed' state is not the page's
   if (previous) previous.close();
+  state.connection = 'connecting'; // until the new subscription says otherwise
   state.buckets.clear();
   state.feed = state.feed.filter(matches);
   state.feedDirty = true;

@@ -189,8 +189,16 @@ describe('the tracker on a website and the dashboard', () => {
     await dashboard.click('#filters button[type=submit]');
     await dashboard.waitForFunction(() => window.flightdeckDashboard.connection === 'open' && location.search !== '');
     assert.equal(new URL(dashboard.url()).search, '?type=PageViewed&page=%2Fpricing');
-    // What was in the feed is narrowed at once: the one page view of /pricing.
-    let shown = await readDashboard(dashboard);
+    // What was in the feed is narrowed, without a reload: the one page view of /pricing. (The feed
+    // is redrawn at most every few hundred milliseconds, so wait for the redraw, not a fixed time.)
+    let shown = await eventually(
+      async () => {
+        const now = await readDashboard(dashboard);
+        return now.feed.length === 1 && now;
+      },
+      5_000,
+      async () => `the feed was not narrowed: ${JSON.stringify((await readDashboard(dashboard)).feed)}`,
+    );
     assert.deepEqual(
       shown.feed.map((i) => [i.type, i.path]),
       [['PageViewed', '/pricing']],
