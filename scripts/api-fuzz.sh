@@ -88,8 +88,9 @@ fi
 # Run from the scratch directory: schemathesis keeps its replay cache (.schemathesis/) in the
 # current directory.
 schemathesis="$(cd "$venv" && pwd)/bin/schemathesis"
+config="$PWD/tests/api/schemathesis.toml"
 status=0
-(cd "$scratch" && "$schemathesis" run "$base/api/openapi.json" \
+(cd "$scratch" && "$schemathesis" --config-file "$config" run "$base/api/openapi.json" \
     "${checks[@]}" \
     --exclude-operation-id streamEvents --exclude-operation-id statsStream \
     --max-examples "$examples" --max-time "$seconds" --seed "$seed" \

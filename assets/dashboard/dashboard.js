@@ -7,6 +7,9 @@
 //   forms and sessions. Those are counted once, in PostgreSQL, so a reconnect or a server restart
 //   can never count an event twice on this page.
 // Rendering happens at most once per animation frame, whatever the event rate.
+//
+// URL parameters: `site`, `type`, `page` (the filters), and for benchmarks and debugging
+// `transport=ws` (default: Server-Sent Events) and `batch=off` (one frame per event).
 
 import { subscribe } from '/flightdeck.js';
 import uPlot from '/assets/vendor/uPlot.esm.js';
@@ -15,14 +18,22 @@ const TRACKED = ['PageViewed', 'ElementInteraction', 'FormSubmitted'];
 const LABELS = { PageViewed: 'Page views', ElementInteraction: 'Interactions', FormSubmitted: 'Form submissions' };
 const COLORS = { PageViewed: '#5cc8ff', ElementInteraction: '#c792ea', FormSubmitted: '#ffc857', other: '#8a96b0' };
 const WINDOW_SECONDS = 120;
+/** The chart spans at least this much, and grows to WINDOW_SECONDS as the page stays open. */
+const MIN_WINDOW_SECONDS = 20;
+const OPENED_SECOND = Math.floor(Date.now() / 1000);
 const FEED_SIZE = 60;
 const STATS_WINDOW_MINUTES = 60;
+/** The feed is redrawn at most this often: at thousands of events per second, redrawing it every
+ * animation frame would cost layout and paint that no reader can follow. */
+const FEED_INTERVAL_MS = 250;
 
 const $ = (id) => document.getElementById(id);
 
 /** Everything the page shows, updated by the sources and drawn by `render`. */
 const state = {
   filter: { site: '', type: '', page: '' },
+  /** How the event stream is delivered: `transport` ('sse' or 'ws'), `batch` (false: none). */
+  delivery: { transport: 'sse', batch: true },
   subscription: null,
   statsSource: null,
   connection: 'connecting',
@@ -31,38 +42,64 @@ const state = {
   buckets: new Map(),
   feed: [],
   feedDirty: true,
+  /** The feed's rows must be rebuilt (the filters changed), not just topped up. */
+  feedReset: false,
   types: new Set(TRACKED),
   sites: new Set(),
   pages: new Set(),
   stats: null,
   statsDirty: false,
   received: 0,
+  /** Frames (server batches, or single events without batching) received since the page opened. */
+  frames: 0,
 };
 
 // ---------------------------------------------------------------------------------------------
 // The event stream
 
-function streamOptions() {
+function streamOptions(from) {
   const { site, type, page } = state.filter;
-  const options = { from: 'now', batch: { maxEvents: 1000, maxDelayMs: 100 } };
+  const options = { from, transport: state.delivery.transport };
+  if (state.delivery.batch) options.batch = { maxEvents: 1000, maxDelayMs: 100 };
   if (type) options.types = [type];
   if (site) options.where = { ...(options.where || {}), 'data.site': site };
   if (page) options.where = { ...(options.where || {}), 'data.path': page };
   return options;
 }
 
+/** Whether `event` passes the current filters (what the server applies to the subscription). */
+function matches(event) {
+  const { site, type, page } = state.filter;
+  const d = event.data && typeof event.data === 'object' ? event.data : {};
+  return (!type || event.type === type) && (!site || d.site === site) && (!page || d.path === page);
+}
+
+/**
+ * (Re)subscribes with the current filters. After a filter change the feed keeps the events that
+ * pass the new filters and the new subscription starts after the last position seen, so nothing
+ * in between is missed; the chart starts over, as its old counts were for other filters.
+ */
 function connectEvents() {
-  if (state.subscription) state.subscription.close();
+  const previous = state.subscription;
+  const from = previous?.lastPosition ?? 'now';
+  state.subscription = null; // its 'closed' state is not the page's
+  if (previous) previous.close();
   state.buckets.clear();
-  state.feed = [];
+  state.feed = state.feed.filter(matches);
   state.feedDirty = true;
-  const subscription = subscribe(streamOptions());
+  state.feedReset = true;
+  const subscription = subscribe(streamOptions(from));
   subscription.onState((s) => {
+    if (state.subscription !== subscription) return;
     state.connection = s;
     scheduleRender();
   });
+  subscription.onBatch(() => {
+    state.frames += 1;
+  });
   subscription.onEvent((event) => receive(event));
   state.subscription = subscription;
+  scheduleRender();
 }
 
 function receive(event) {
@@ -162,26 +199,60 @@ function scheduleRender() {
   });
 }
 
+let lastFeedRender = -Infinity;
+let feedTimer = null;
+
 function render() {
   renderConnection();
-  if (state.feedDirty) renderFeed();
-  if (state.statsDirty) renderStats();
-  renderCounters();
+  if (state.feedDirty) {
+    const wait = lastFeedRender + FEED_INTERVAL_MS - performance.now();
+    if (wait <= 0) {
+      lastFeedRender = performance.now();
+      renderFeed();
+    } else if (feedTimer === null) {
+      feedTimer = setTimeout(() => {
+        feedTimer = null;
+        scheduleRender();
+      }, wait);
+    }
+  }
+  if (state.statsDirty) {
+    renderStats();
+    renderCounters();
+  }
+}
+
+/** Sets a text or attribute only when it changes: an unchanged write still invalidates layout. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+function setData(element, key, value) {
+  if (element.dataset[key] !== value) element.dataset[key] = value;
 }
 
 function renderConnection() {
   const box = $('connection');
-  box.dataset.state = state.connection;
-  const resume = state.lastPosition ? ` after ${state.lastPosition.slice(-10)}` : '';
+  setData(box, 'state', state.connection);
+  // Where the subscription resumes after a reconnect: the last event handed out, or over
+  // WebSocket the start position the server reported.
+  const resumeAt = state.subscription?.lastPosition ?? null;
+  setData(box, 'resume', resumeAt ?? 'now');
+  const resume = resumeAt ? ` after …${shortPosition(resumeAt)}` : ' from now';
   const text = {
     connecting: 'connecting…',
     open: 'live',
-    reconnecting: `reconnecting — resumes${resume || ' from now'}`,
+    reconnecting: `reconnecting — resumes${resume}`,
     closed: 'disconnected',
   }[state.connection] || state.connection;
-  $('connection-text').textContent = text;
-  box.title = state.lastPosition ? `last position ${state.lastPosition}` : 'no event received yet';
-  $('position').textContent = state.lastPosition ? `position ${state.lastPosition}` : '';
+  setText($('connection-text'), text);
+  const title = resumeAt ? `resumes after position ${resumeAt}` : 'no event received yet: resumes from now';
+  if (box.title !== title) box.title = title;
+  setText($('position'), state.lastPosition ? `position ${state.lastPosition}` : '');
+}
+
+/** The significant end of a position (its leading digits are mostly zeros). */
+function shortPosition(position) {
+  return position.replace(/^0+/, '').slice(-12);
 }
 
 function rateOf(type, seconds = 10) {
@@ -215,11 +286,12 @@ function renderCounters() {
   }
   cards.forEach(([key, label, count, rate], i) => {
     const card = host.children[i];
-    card.className = `counter ${key}`;
-    card.dataset.type = key;
-    card.querySelector('.value').textContent = Number(count).toLocaleString();
-    card.querySelector('.label').textContent = label;
-    card.querySelector('.rate').textContent = `${rate.toFixed(1)} /s now`;
+    if (card.className !== `counter ${key}`) card.className = `counter ${key}`;
+    setData(card, 'type', key);
+    setData(card, 'count', String(count));
+    setText(card.querySelector('.value'), Number(count).toLocaleString());
+    setText(card.querySelector('.label'), label);
+    setText(card.querySelector('.rate'), `${rate.toFixed(1)} /s now`);
   });
 }
 
@@ -236,6 +308,8 @@ function renderTop(tableId, rows) {
   const max = sorted[0].count || 1;
   body.replaceChildren(...sorted.map(({ name, count }) => {
     const row = document.createElement('tr');
+    row.dataset.name = name;
+    row.dataset.count = String(count);
     const nameCell = document.createElement('td');
     nameCell.className = 'name';
     nameCell.textContent = name || '(none)';
@@ -291,37 +365,58 @@ function summary(event) {
     case 'ElementInteraction':
       return `${d.element ?? ''}${d.path ? ` on ${d.path}` : ''}`;
     case 'FormSubmitted':
-      return `${d.form ?? ''}${Array.isArray(d.fields) ? ` (${d.fields.length} fields)` : ''}`;
+      return `${d.form ?? ''}${Array.isArray(d.fields) ? ` (${d.fields.length} field${d.fields.length === 1 ? '' : 's'})` : ''}`;
     default:
       return JSON.stringify(event.data).slice(0, 120);
   }
 }
 
+/**
+ * Shows the latest FEED_SIZE events, newest first. Rows already shown stay in place (new ones are
+ * added on top, old ones dropped at the bottom), so an opened row keeps its details and the
+ * browser lays out only the new rows; after a filter change the list is rebuilt.
+ */
 function renderFeed() {
   state.feedDirty = false;
   const latest = state.feed.slice(-FEED_SIZE).reverse();
   const list = $('feed');
-  list.replaceChildren(...latest.map((event) => {
-    const item = document.createElement('li');
-    item.dataset.position = event.position;
-    const time = document.createElement('span');
-    time.className = 'time';
-    time.textContent = new Date(event.timestamp).toLocaleTimeString();
-    const type = document.createElement('span');
-    type.className = `type ${event.type}`;
-    type.textContent = event.type;
-    const text = document.createElement('span');
-    text.className = 'summary';
-    text.textContent = summary(event);
-    const stream = document.createElement('span');
-    stream.className = 'stream mono';
-    stream.textContent = event.stream;
-    item.append(time, type, text, stream);
-    item.addEventListener('click', () => toggleDetails(item, event));
-    return item;
-  }));
-  $('feed-note').textContent = `${state.received.toLocaleString()} received since the page opened`;
+  const top = list.firstElementChild?.dataset.position;
+  const kept = top === undefined || state.feedReset ? -1 : latest.findIndex((event) => event.position === top);
+  state.feedReset = false;
+  if (kept < 0) {
+    list.replaceChildren(...latest.map(feedItem));
+  } else {
+    list.prepend(...latest.slice(0, kept).map(feedItem));
+    while (list.children.length > latest.length) list.lastElementChild.remove();
+  }
+  setText($('feed-note'), `${state.received.toLocaleString()} received since the page opened`);
 }
+
+function feedItem(event) {
+  const item = document.createElement('li');
+  item.dataset.position = event.position;
+  item.dataset.id = event.id;
+  item.dataset.type = event.type;
+  if (typeof event.data?.path === 'string') item.dataset.path = event.data.path;
+  const time = document.createElement('span');
+  time.className = 'time';
+  time.textContent = timeFormat.format(new Date(event.timestamp));
+  const type = document.createElement('span');
+  type.className = `type ${event.type}`;
+  type.textContent = event.type;
+  const text = document.createElement('span');
+  text.className = 'summary';
+  text.textContent = summary(event);
+  const stream = document.createElement('span');
+  stream.className = 'stream mono';
+  stream.textContent = event.stream;
+  item.append(time, type, text, stream);
+  item.addEventListener('click', () => toggleDetails(item, event));
+  return item;
+}
+
+/** One formatter for every row (toLocaleTimeString builds a new one per call). */
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit', second: '2-digit' });
 
 function toggleDetails(item, event) {
   const open = item.querySelector('pre');
@@ -332,7 +427,7 @@ function toggleDetails(item, event) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The chart: events per second over the last two minutes, one line per type.
+// The chart: events per second since the page opened, up to the last two minutes, one line per type.
 
 let chart = null;
 const SERIES = [...TRACKED, 'other'];
@@ -341,7 +436,9 @@ function chartData() {
   const now = Math.floor(Date.now() / 1000);
   const xs = [];
   const ys = SERIES.map(() => []);
-  for (let s = now - WINDOW_SECONDS; s < now; s++) {
+  // What the page has seen (it has no history before it opened), within the window.
+  const first = Math.max(now - WINDOW_SECONDS, Math.min(OPENED_SECOND, now - MIN_WINDOW_SECONDS));
+  for (let s = first; s < now; s++) {
     xs.push(s);
     const bucket = state.buckets.get(s);
     SERIES.forEach((type, i) => {
@@ -362,6 +459,7 @@ function makeChart() {
     width: host.clientWidth || 800,
     height: 220,
     cursor: { drag: { x: false, y: false } },
+    legend: { live: false },
     scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(5, Math.ceil(max * 1.15))] } },
     axes: [
       { stroke: '#8a96b0', grid: { stroke: '#222c45' }, ticks: { stroke: '#222c45' } },
@@ -383,7 +481,7 @@ function makeChart() {
 
 function tick() {
   if (chart) chart.setData(chartData());
-  $('rate-now').textContent = `${rateOf(null).toFixed(1)} /s over the last 10 s`;
+  setText($('rate-now'), `${rateOf(null).toFixed(1)} /s over the last 10 s`);
   renderCounters();
 }
 
@@ -399,6 +497,8 @@ function applyFilters(event) {
   };
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries(state.filter)) if (value) params.set(key, value);
+  if (state.delivery.transport !== 'sse') params.set('transport', state.delivery.transport);
+  if (!state.delivery.batch) params.set('batch', 'off');
   history.replaceState(null, '', params.size ? `?${params}` : location.pathname);
   connectEvents();
   loadStats();
@@ -408,6 +508,7 @@ function applyFilters(event) {
 function start() {
   const params = new URLSearchParams(location.search);
   state.filter = { site: params.get('site') || '', type: params.get('type') || '', page: params.get('page') || '' };
+  state.delivery = { transport: params.get('transport') === 'ws' ? 'ws' : 'sse', batch: params.get('batch') !== 'off' };
   if (state.filter.site) state.sites.add(state.filter.site);
   if (state.filter.type) state.types.add(state.filter.type);
   refreshOptions();

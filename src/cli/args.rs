@@ -117,6 +117,62 @@ pub struct ServeArgs {
     /// events per second (default 20), so the stats come alive at once.
     #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "20", require_equals = true)]
     pub demo: Option<u32>,
+    /// Limits (README "Limits"); over them a client gets 429 with Retry-After, a 400/413, or a
+    /// WebSocket error op / close code.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `flightdeck serve`'s limits.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Ingestion requests (POST /api/events and /api/track) per second per client address (0: no
+    /// limit).
+    #[arg(long, env = "FLIGHTDECK_INGEST_RATE", default_value_t = crate::http::LimitsConfig::INGEST_RATE)]
+    pub ingest_rate: u32,
+    /// Ingestion requests a client address may send at once before --ingest-rate applies.
+    #[arg(long, env = "FLIGHTDECK_INGEST_BURST", default_value_t = crate::http::LimitsConfig::INGEST_BURST)]
+    pub ingest_burst: u32,
+    /// Tracker events (POST /api/track) per second per site (0: no limit).
+    #[arg(long, env = "FLIGHTDECK_SITE_RATE", default_value_t = crate::http::LimitsConfig::SITE_RATE)]
+    pub site_rate: u32,
+    /// Tracker events a site may send at once before --site-rate applies (at least 100, one batch).
+    #[arg(long, env = "FLIGHTDECK_SITE_BURST", default_value_t = crate::http::LimitsConfig::SITE_BURST)]
+    pub site_burst: u32,
+    /// Open streams per client address: SSE, WebSocket and stats streams together (0: no limit).
+    #[arg(long, env = "FLIGHTDECK_MAX_STREAMS", default_value_t = crate::http::LimitsConfig::STREAMS)]
+    pub max_streams: u32,
+    /// Most entries in each filter list (types, channels, where) of one subscription.
+    #[arg(long, env = "FLIGHTDECK_MAX_FILTERS", default_value_t = crate::http::LimitsConfig::FILTERS)]
+    pub max_filters: usize,
+    /// Client addresses the per-address limits skip, as IPs or CIDRs (comma-separated), or `none`.
+    #[arg(
+        long,
+        env = "FLIGHTDECK_LIMIT_EXEMPT",
+        value_delimiter = ',',
+        default_value = crate::http::LimitsConfig::EXEMPT,
+        value_name = "CIDR,..."
+    )]
+    pub limit_exempt: Vec<String>,
+    /// Take the client address from the last X-Forwarded-For entry. Only behind a proxy that sets
+    /// it: otherwise clients could pick their own address.
+    #[arg(long, env = "FLIGHTDECK_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Most keys (client addresses, sites) each rate limit remembers; beyond, it starts over.
+    #[arg(long, env = "FLIGHTDECK_LIMIT_MAX_KEYS", default_value_t = crate::http::LimitsConfig::MAX_KEYS)]
+    pub limit_max_keys: usize,
+    /// Largest POST /api/track body, in bytes (larger ones get 413).
+    #[arg(long, env = "FLIGHTDECK_MAX_TRACK_BODY", default_value_t = crate::http::MAX_TRACK_BODY)]
+    pub max_track_body: usize,
+    /// Subscriptions one WebSocket may hold at once.
+    #[arg(long, env = "FLIGHTDECK_WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+    /// Largest WebSocket request in bytes (larger: a frame_too_large error; the socket stays open).
+    #[arg(long, env = "FLIGHTDECK_WS_MAX_REQUEST", default_value_t = 64 * 1024)]
+    pub ws_max_request: usize,
+    /// Largest WebSocket message in bytes (larger: the socket is closed with 1009).
+    #[arg(long, env = "FLIGHTDECK_WS_MAX_MESSAGE", default_value_t = 1024 * 1024)]
+    pub ws_max_message: usize,
 }
 
 /// `flightdeck append`.

@@ -3,18 +3,19 @@
 //! Order of shutdown on SIGINT/SIGTERM: stop accepting and finish in-flight requests, end
 //! background tasks, then stop the embedded PostgreSQL last.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::{AppendMode, Bus, BusOptions, Routing};
-use crate::http::{AppState, router};
+use crate::http::{AddrRange, AppState, LimitsConfig, Rate, WsConfig, router};
 use crate::projections::Projections;
 use crate::store::StoreError;
 
 use super::CliError;
-use super::args::{DatabaseArgs, ServeArgs};
+use super::args::{DatabaseArgs, LimitArgs, ServeArgs};
 use super::database::Database;
 
 pub(super) async fn serve(db_args: &DatabaseArgs, args: &ServeArgs) -> Result<(), CliError> {
@@ -58,7 +59,8 @@ async fn run(
     if args.no_delivery || append_mode == AppendMode::Seed {
         tracing::warn!(delivery = !args.no_delivery, ?append_mode, "benchmark configuration");
     }
-    let state = AppState::new(db.store.clone()).max_body(args.max_body);
+    let (limits, ws) = limits(&args.limits)?;
+    let state = AppState::new(db.store.clone()).max_body(args.max_body).ws_config(ws).limits(limits);
     tasks.spawn(prepare_database(state.clone(), db.config.clone(), options, shutdown.clone(), tasks.clone()));
     if let Some(rate) = args.demo {
         super::demo::spawn_in_process(state.clone(), addr, rate, shutdown.clone(), tasks);
@@ -72,8 +74,40 @@ async fn run(
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+    // The peer address feeds the per-address limits.
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
     Ok(())
+}
+
+/// The limits and WebSocket settings the flags ask for.
+fn limits(args: &LimitArgs) -> Result<(LimitsConfig, WsConfig), CliError> {
+    let mut exempt = Vec::new();
+    for range in &args.limit_exempt {
+        match range.trim() {
+            "" | "none" => {}
+            range => {
+                exempt.push(range.parse::<AddrRange>().map_err(|e| CliError::Usage(format!("--limit-exempt: {e}")))?)
+            }
+        }
+    }
+    let limits = LimitsConfig {
+        ingest_per_address: Rate::new(args.ingest_rate, args.ingest_burst),
+        track_per_site: Rate::new(args.site_rate, args.site_burst),
+        streams_per_address: Some(args.max_streams).filter(|n| *n > 0),
+        max_filters: args.max_filters,
+        max_track_body: args.max_track_body,
+        exempt,
+        trust_forwarded_for: args.trust_forwarded_for,
+        max_keys: args.limit_max_keys,
+    };
+    let ws = WsConfig {
+        max_subscriptions: args.ws_max_subscriptions,
+        max_request: args.ws_max_request,
+        max_message: args.ws_max_message,
+        ..WsConfig::default()
+    };
+    Ok((limits, ws))
 }
 
 /// Connects, migrates and starts the bus, retrying with capped exponential backoff and jitter while the database

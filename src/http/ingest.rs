@@ -1,4 +1,5 @@
 //! `POST /api/events`: one event object, or an array of events appended atomically to one stream.
+//! Requests per client address are limited (`limits.rs`) before the body is read.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,10 +11,12 @@ use uuid::Uuid;
 
 use crate::store::{ExpectedVersion, NewEvent, metadata_object};
 
+use super::limits::{IngestPermit, Limit};
 use super::{ApiError, AppState};
 
 pub(super) async fn ingest(
     State(state): State<AppState>,
+    _permit: IngestPermit,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -30,11 +33,14 @@ pub(super) async fn ingest(
         });
     }
     let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "too_large",
-            message: format!("the request body is larger than the limit of {} bytes", state_limit(&state)),
-        },
+        BytesRejection::FailedToBufferBody(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            state.limits.count(Limit::BodySize);
+            ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: format!("the request body is larger than the limit of {} bytes", state_limit(&state)),
+            }
+        }
         other => ApiError::bad_request("bad_body", other.body_text()),
     })?;
     let (stream, expected, events) = parse_body(&body)?;

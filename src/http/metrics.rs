@@ -18,6 +18,10 @@
 //! | `flightdeck_listener_connected` | gauge | 1 while the LISTEN connection is up |
 //! | `flightdeck_notifications_received_total` | counter | NOTIFY wake-ups received on the LISTEN connection |
 //! | `flightdeck_catch_up_reads_total` | counter | reads of the global log by the pump and by subscription replays |
+//! | `flightdeck_limited_total{limit="…"}` | counter | refusals by each limit (`limits.rs`): `ingest_per_address`, `track_per_site`, `streams_per_address`, `ws_subscriptions`, `filters`, `body_size`, `ws_request_size`, `ws_message_size` |
+//! | `flightdeck_limiter_keys{limit="…"}` | gauge | keys a limit holds state for (bounded by `--limit-max-keys`, or by open streams) |
+//! | `flightdeck_limiter_resets_total{limit="…"}` | counter | times a rate limit forgot every key because more were active than it may remember |
+//! | `flightdeck_limited_streams` | gauge | open streams counted against the per-address stream limit |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +39,9 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let bus = state.bus.get();
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(bus.map(Bus::stats), bus.is_some()))
+    let mut text = render(bus.map(Bus::stats), bus.is_some());
+    state.limits.render_metrics(&mut text);
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
 }
 
 /// The exposition text for `stats` (all zero when the bus is not running yet).

@@ -8,6 +8,7 @@ mod error;
 pub mod fuzzing;
 mod health;
 mod ingest;
+mod limits;
 mod metrics;
 mod openapi;
 mod read;
@@ -18,6 +19,7 @@ mod tracker;
 mod ws;
 
 pub use error::ApiError;
+pub use limits::{AddrRange, AddrRangeError, LimitsConfig, Rate};
 pub use tracker::MAX_TRACK_BODY;
 pub use ws::WsConfig;
 
@@ -46,6 +48,8 @@ pub struct AppState {
     projections: Arc<OnceLock<Projections>>,
     /// Limits and timers of `/ws/events`.
     ws: WsConfig,
+    /// Rate, stream and filter limits (`limits.rs`), shared by every clone.
+    limits: Arc<limits::Limiter>,
 }
 
 impl AppState {
@@ -57,6 +61,7 @@ impl AppState {
             max_body: DEFAULT_MAX_BODY,
             projections: Arc::new(OnceLock::new()),
             ws: WsConfig::default(),
+            limits: Arc::new(limits::Limiter::new(LimitsConfig::default())),
         }
     }
 
@@ -76,6 +81,13 @@ impl AppState {
     /// Sets the WebSocket limits and timers (see [`WsConfig`]).
     pub fn ws_config(mut self, config: WsConfig) -> Self {
         self.ws = config;
+        self
+    }
+
+    /// Sets the rate, stream, filter and tracker body limits (see [`LimitsConfig`]; the default is
+    /// [`LimitsConfig::default`]).
+    pub fn limits(mut self, config: LimitsConfig) -> Self {
+        self.limits = Arc::new(limits::Limiter::new(config));
         self
     }
 
@@ -120,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams/{stream}", get(read::stream))
         .route("/ws/events", get(ws::events))
         .route("/api/openapi.json", get(openapi::document))
-        .merge(tracker::routes())
+        .merge(tracker::routes(state.limits.config().max_track_body))
         .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(security::nosniff))

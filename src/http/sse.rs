@@ -5,6 +5,8 @@
 //! headers so the browser's `onopen` fires before any event. Browsers resend the last `id:` as
 //! `Last-Event-ID` when they reconnect, and the stream resumes after it. A subscriber that falls
 //! too far behind has its stream closed; its browser reconnects and resumes from the store.
+//! Each stream holds a slot of its client's stream limit while it lives, and each filter list is
+//! bounded (`limits.rs`): over either, the answer is a 429 or 400 before the stream starts.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use futures::StreamExt;
 use crate::bus::{Batching, Chunks, Delivered, FieldMatch, Filter, Start};
 use crate::store::Position;
 
+use super::limits::StreamPermit;
 use super::metrics::SubscriberGauge;
 use super::{ApiError, AppState};
 
@@ -41,10 +44,12 @@ pub(crate) struct SseQuery {
 
 pub(super) async fn stream(
     State(state): State<AppState>,
+    permit: StreamPermit,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let SseQuery { filter, mut start, batch } = parse_query(query.as_deref().unwrap_or(""))?;
+    state.limits.check_filter(&filter).map_err(|message| ApiError::bad_request("too_many_filters", message))?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().unwrap_or_default().trim();
         if !text.is_empty() {
@@ -63,7 +68,7 @@ pub(super) async fn stream(
     };
     let gauge = SubscriberGauge::sse(bus);
     let chunks = bus.subscribe(filter, start).chunks(batch.unwrap_or(Batching::ready(MAX_WRITE)));
-    let body = Body::from_stream(frames(chunks, batch.is_some(), from, gauge));
+    let body = Body::from_stream(frames(chunks, batch.is_some(), from, (gauge, permit)));
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -77,8 +82,8 @@ struct BodyState {
     chunks: Chunks,
     batched: bool,
     keep_alive: tokio::time::Interval,
-    /// Counted in the subscribers gauge for as long as the body lives.
-    _gauge: SubscriberGauge,
+    /// Counted in the subscribers gauge and the client's stream limit for as long as the body lives.
+    _gauge: (SubscriberGauge, StreamPermit),
 }
 
 /// The response body: the `retry:` hint with a `subscribed` event carrying the start position, then one write per chunk of events, and keep-alive
@@ -88,7 +93,7 @@ fn frames(
     chunks: Chunks,
     batched: bool,
     from: Position,
-    gauge: SubscriberGauge,
+    gauge: (SubscriberGauge, StreamPermit),
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -4,7 +4,8 @@
 //! a few index scans however many events there are. The stream pushes the same JSON whenever the
 //! projector has committed new events, at most every 500 ms, plus a refresh every 15 s (the
 //! window slides and sessions stop being active even when nothing happens). It ends when the
-//! server shuts down (the projector's watch closes); the browser reconnects by itself.
+//! server shuts down (the projector's watch closes); the browser reconnects by itself. A live
+//! stream counts against its client's stream limit (`limits.rs`) while it lives.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::projections::{ProjectionError, Stats, StatsQuery};
 use crate::store::{Position, Store};
 use crate::tracker::is_token;
 
+use super::limits::StreamPermit;
 use super::{ApiError, AppState};
 
 /// Shortest pause between two pushes of the live stream.
@@ -135,11 +137,12 @@ fn window_minutes(value: &str) -> Option<i64> {
 /// pushed as `data:` frames.
 async fn stream(
     State(state): State<AppState>,
+    permit: StreamPermit,
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let parsed = parse(query.as_deref().unwrap_or(""), true, Utc::now())?;
     let changes = state.projections()?.watch();
-    let live = Live { store: state.store.clone(), parsed, changes, last_push: None, pushed: None };
+    let live = Live { store: state.store.clone(), parsed, changes, last_push: None, pushed: None, _permit: permit };
     let events = futures::stream::unfold(live, |mut live| async move {
         let event = live.next().await?;
         Some((Ok(event), live))
@@ -155,6 +158,8 @@ struct Live {
     last_push: Option<Instant>,
     /// What was pushed last, so an unchanged refresh is not sent twice.
     pushed: Option<Stats>,
+    /// Held while the stream lives.
+    _permit: StreamPermit,
 }
 
 impl Live {

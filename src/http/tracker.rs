@@ -7,6 +7,9 @@
 //! `application/json` across origins without a preflight. A resent batch (the same event ids) is
 //! recognized by the store and stores nothing; a batch mixing already stored events with new ones
 //! stores only the new ones. Either way the answer says how many were new.
+//!
+//! Limits (`limits.rs`): requests per client address, checked before the body is read, then
+//! events per site once the batch is parsed (429 with `Retry-After`, which the tracker retries).
 
 use axum::Json;
 use axum::Router;
@@ -21,21 +24,23 @@ use serde_json::{Value, json};
 use crate::store::{ExpectedVersion, NewEvent, StoreError};
 use crate::tracker::{self, TrackBatch, TrackError};
 
+use super::limits::{IngestPermit, Limit};
 use super::{ApiError, AppState};
 
 /// The tracker script, built into the binary.
 const SCRIPT: &str = include_str!("../../assets/track.js");
-/// Largest tracker request: what `sendBeacon` and `fetch(…, {keepalive: true})` may send anyway.
+/// Largest tracker request by default (`LimitsConfig::max_track_body`, `--max-track-body`): what
+/// `sendBeacon` and `fetch(…, {keepalive: true})` may send anyway.
 pub const MAX_TRACK_BODY: usize = 64 * 1024;
 /// How often a resend that raced with its own first attempt is retried before giving up (503).
 const DEDUP_ROUNDS: usize = 3;
 
 /// The tracker's routes, to be merged into FlightDeck's router.
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes(max_body: usize) -> Router<AppState> {
     Router::new()
         .route("/track.js", get(script))
         .route("/api/track", axum::routing::post(track).options(preflight))
-        .route_layer(DefaultBodyLimit::max(MAX_TRACK_BODY))
+        .route_layer(DefaultBodyLimit::max(max_body))
         .route_layer(axum::middleware::map_response(any_origin))
 }
 
@@ -69,9 +74,10 @@ async fn preflight() -> Response {
 /// `POST /api/track`: `202 {"accepted": new events, "duplicates": events already stored}`.
 async fn track(
     State(state): State<AppState>,
+    _permit: IngestPermit,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> axum::response::Result<(StatusCode, Json<Value>)> {
     let media = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("?").split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
@@ -80,20 +86,28 @@ async fn track(
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "unsupported_media_type",
             message: "send the batch as JSON with Content-Type text/plain or application/json".into(),
-        });
+        }
+        .into());
     }
     let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "too_large",
-            message: format!("the request body is larger than the limit of {MAX_TRACK_BODY} bytes; send fewer events"),
-        },
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            state.limits.count(Limit::BodySize);
+            ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: format!(
+                    "the request body is larger than the limit of {} bytes; send fewer events",
+                    state.limits.config().max_track_body
+                ),
+            }
+        }
         _ => ApiError::bad_request("bad_body", rejection.body_text()),
     })?;
     let batch = tracker::parse(&body).map_err(|err| match err {
         TrackError::Malformed(_) => ApiError::bad_request("malformed_json", err.to_string()),
         TrackError::Invalid(_) => ApiError::bad_request("invalid_event", err.to_string()),
     })?;
+    state.limits.admit_site(&batch.site, batch.events.len())?;
     let (accepted, duplicates) = append(&state, batch).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted, "duplicates": duplicates}))))
 }

@@ -1,6 +1,7 @@
 //! A FlightDeck HTTP server inside the test process, on a real loopback socket.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use flightdeck::bus::{Bus, BusOptions};
@@ -29,11 +30,11 @@ impl App {
         App::serve(AppState::with_bus(bus).max_body(256 * 1024), shutdown, tasks).await
     }
 
-    /// Serves `state` until `shutdown`.
+    /// Serves `state` until `shutdown`, with the peer address (`ConnectInfo`) as `serve` does.
     pub async fn serve(state: AppState, shutdown: CancellationToken, tasks: TaskTracker) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(state);
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();
         tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
         App { base, shutdown, tasks, http: reqwest::Client::new() }

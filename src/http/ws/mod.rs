@@ -18,6 +18,11 @@
 //! | 1009 message too big | a message over [`WsConfig::max_message`] | not send it again |
 //! | 1013 try again later | the client fell behind: a subscription lagged the bus, or the queue of answers overflowed; or the event store could not be read | reconnect and resume each subscription from its last position |
 //!
+//! Limits (`limits.rs`): a socket counts as one stream of its client's stream limit (a 429
+//! `too_many_streams` answers the upgrade request when over it); subscriptions per socket, entries
+//! per filter list and request sizes are refused with `error` ops (`too_many_subscriptions`,
+//! `too_many_filters`, `frame_too_large`) and the connection stays open.
+//!
 //! 1013 rather than 1008 (policy violation) for a slow client: nothing the client sent broke a
 //! rule, the condition is temporary, and 1013 tells a client library to retry. A peer that answers
 //! no ping within [`WsConfig::pong_timeout`] is dropped without a close frame (it would not read
@@ -34,6 +39,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::Response;
 
+use super::limits::StreamPermit;
 use super::{ApiError, AppState};
 
 /// Limits and timers of the WebSocket transport.
@@ -75,9 +81,11 @@ impl Default for WsConfig {
 
 /// Upgrades to a WebSocket and runs the connection (`session::run`) until the client leaves, it
 /// is closed on, or the bus shuts down. Answers 503 before the bus runs, like every other route,
-/// and a JSON 400/405/426 when the request is not a WebSocket handshake.
+/// a JSON 400/405/426 when the request is not a WebSocket handshake, and 429 when the client has
+/// as many streams open as it may.
 pub(super) async fn events(
     State(state): State<AppState>,
+    permit: StreamPermit,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let bus = state.bus()?.clone();
@@ -87,13 +95,14 @@ pub(super) async fn events(
         message: format!("/ws/events is a WebSocket endpoint: {}", rejection.body_text()),
     })?;
     let config = state.ws.clone();
+    let limits = state.limits.clone();
     // Frames may be larger than the message limit, so that a message over it is read whole and
     // refused with 1009 while the stream is still in step, rather than cut off mid-frame.
     let response = upgrade
         .max_message_size(config.max_message)
         .max_frame_size(config.max_message.saturating_mul(4))
         .on_failed_upgrade(|err| tracing::debug!(%err, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| session::run(socket, bus, config));
+        .on_upgrade(move |socket| session::run(socket, bus, config, limits, permit));
     Ok(response)
 }
 

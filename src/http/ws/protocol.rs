@@ -81,6 +81,8 @@ pub(super) enum Code {
     FrameTooLarge,
     /// The socket has as many subscriptions as it may have.
     TooManySubscriptions,
+    /// A filter list (`types`, `channels`, `where`) has more entries than allowed.
+    TooManyFilters,
 }
 
 impl Code {
@@ -98,6 +100,7 @@ impl Code {
             Code::BinaryFrame => "binary_frame",
             Code::FrameTooLarge => "frame_too_large",
             Code::TooManySubscriptions => "too_many_subscriptions",
+            Code::TooManyFilters => "too_many_filters",
         }
     }
 }

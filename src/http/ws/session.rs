@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::bus::{Batching, Bus, BusError, Delivered, Start};
+use crate::http::limits::{Limit, Limiter, StreamPermit};
 use crate::http::metrics::SubscriberGauge;
 use crate::store::Position;
 
@@ -99,13 +100,13 @@ struct Entry {
 }
 
 /// Runs one connection until it ends.
-pub(super) async fn run(socket: WebSocket, bus: Bus, config: WsConfig) {
-    let _gauge = SubscriberGauge::ws(&bus);
+pub(super) async fn run(socket: WebSocket, bus: Bus, config: WsConfig, limits: Arc<Limiter>, permit: StreamPermit) {
+    let _held = (SubscriberGauge::ws(&bus), permit);
     let (mut sink, mut stream) = socket.split();
     let (queue, answers) = mpsc::channel(config.outbound_queue.max(1));
     let mut writer = Writer { answers, events: SelectAll::new() };
     let close_timeout = config.close_timeout;
-    let mut session = Session { bus, config, queue, subscriptions: HashMap::new(), pong_deadline: None };
+    let mut session = Session { bus, config, limits, queue, subscriptions: HashMap::new(), pong_deadline: None };
     let end = session.serve(&mut writer, &mut sink, &mut stream).await;
     tracing::debug!(?end, "WebSocket connection ending");
     drop(session);
@@ -136,6 +137,8 @@ async fn finish(end: End, sink: &mut SplitSink<WebSocket, Message>, stream: &mut
 struct Session {
     bus: Bus,
     config: WsConfig,
+    /// Filter limits, and the counters of refusals.
+    limits: Arc<Limiter>,
     /// The answer queue (bounded): the writer takes from it before any event.
     queue: mpsc::Sender<Outbound>,
     subscriptions: HashMap<String, Entry>,
@@ -206,7 +209,18 @@ impl Session {
         let result = match answer {
             Ok(Some(outbound)) => self.queue_outbound(outbound),
             Ok(None) => Ok(()),
-            Err(err) => self.send(frames::error(&err)),
+            Err(err) => {
+                let limit = match err.code {
+                    Code::FrameTooLarge => Some(Limit::WsRequestSize),
+                    Code::TooManySubscriptions => Some(Limit::WsSubscriptions),
+                    // `Limiter::check_filter` counts its own refusals.
+                    _ => None,
+                };
+                if let Some(limit) = limit {
+                    self.limits.count(limit);
+                }
+                self.send(frames::error(&err))
+            }
         };
         result.err()
     }
@@ -224,10 +238,13 @@ impl Session {
         };
         tracing::debug!(%err, "WebSocket read failed");
         match err {
-            tungstenite::Error::Capacity(_) => End::Close(
-                TOO_BIG,
-                reason(&format!("message too big: at most {} bytes ({err})", self.config.max_message)),
-            ),
+            tungstenite::Error::Capacity(_) => {
+                self.limits.count(Limit::WsMessageSize);
+                End::Close(
+                    TOO_BIG,
+                    reason(&format!("message too big: at most {} bytes ({err})", self.config.max_message)),
+                )
+            }
             tungstenite::Error::Utf8(_) => End::Close(INVALID_DATA, "a text frame is not valid UTF-8".into()),
             tungstenite::Error::Protocol(ref violation) => {
                 End::Close(PROTOCOL_ERROR, reason(&format!("protocol error: {violation}")))
@@ -266,6 +283,9 @@ impl Session {
                 ),
             ));
         }
+        self.limits
+            .check_filter(&filter)
+            .map_err(|message| ProtocolError::new(Code::TooManyFilters, Some(&id), message))?;
         if self.subscriptions.len() >= self.config.max_subscriptions {
             return Err(ProtocolError::new(
                 Code::TooManySubscriptions,
