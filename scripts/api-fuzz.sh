@@ -85,13 +85,17 @@ else
 fi
 # One worker: with two, schemathesis's threads hit a CPython 3.11 bug ("AST constructor recursion
 # depth mismatch") and report it as errors; one also keeps the load on a 2-core machine low.
+# Run from the scratch directory: schemathesis keeps its replay cache (.schemathesis/) in the
+# current directory.
+schemathesis="$(cd "$venv" && pwd)/bin/schemathesis"
+config="$PWD/tests/api/schemathesis.toml"
 status=0
-"$venv/bin/schemathesis" --config-file "$PWD/tests/api/schemathesis.toml" run "$base/api/openapi.json" \
+(cd "$scratch" && "$schemathesis" --config-file "$config" run "$base/api/openapi.json" \
     "${checks[@]}" \
     --exclude-operation-id streamEvents --exclude-operation-id statsStream \
     --max-examples "$examples" --max-time "$seconds" --seed "$seed" \
     --workers 1 --request-timeout 10 --suppress-health-check all \
-    --report junit --report-dir "$scratch/report" || status=$?
+    --report junit --report-dir "$scratch/report") || status=$?
 
 if [ "$status" != 0 ]; then
     echo "api-fuzz: schemathesis failed (exit $status); the server's log:" >&2

@@ -44,7 +44,7 @@ for target in "${targets[@]}"; do
         status=1
         tail -n 40 "$log" >&2
     fi
-    runs="$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); print $2 }' "$log" | tail -1)"
+    runs="$(awk '/stat::number_of_executed_units/ { print $NF }' "$log" | tail -1)"
     cov="$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -1)"
     summary+="$(printf '%-12s %10s runs  %-34s %s' "$target" "${runs:-?}" "${cov:-}" "$result")"$'\n'
 done

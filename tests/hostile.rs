@@ -77,8 +77,9 @@ async fn malformed_reads_get_json_400s() {
     app.stop().await;
 }
 
-/// Found by the `ingest` fuzz target's property that an error message stays small: unknown field
-/// names, ids and stream names were echoed whole, so a 1 MiB request got a 1 MiB error back.
+/// Found while writing the fuzz targets' property that a refusal stays small (and fixed before
+/// they ran): unknown field names, ids, stream names and query parameters were echoed whole, so a
+/// 1 MiB request got a 1 MiB error back.
 #[tokio::test]
 async fn error_messages_do_not_echo_whole_requests() {
     let db = common::test_db().await;
