@@ -5,6 +5,7 @@
 //! is configured ([`embedded`]). The HTTP routes ([`http`]) are an axum `Router` an application can
 //! mount; [`cli`] is the `flightdeck` command. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod auth;
 pub mod bench;
 pub mod bus;
 pub mod cli;

@@ -6,6 +6,7 @@
 mod common;
 
 use common::app::App;
+use flightdeck::auth::Auth;
 use flightdeck::http::AppState;
 use flightdeck::store::Store;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,7 @@ use tokio_util::task::TaskTracker;
 async fn the_javascript_client_is_served_as_a_module() {
     // A database that does not exist: the client must not depend on one.
     let config: tokio_postgres::Config = "host=/nonexistent-flightdeck-test dbname=none".parse().unwrap();
-    let state = AppState::new(Store::new(config, 1).unwrap());
+    let state = AppState::new(Store::new(config, 1).unwrap()).auth(Auth::disabled());
     let app = App::serve(state, CancellationToken::new(), TaskTracker::new()).await;
 
     let response = app.http.get(app.url("/flightdeck.js")).send().await.unwrap();

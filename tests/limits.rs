@@ -19,6 +19,7 @@ use common::app::App;
 use common::process::Server;
 use common::sse::SseClient;
 use common::ws::WsClient;
+use flightdeck::auth::Auth;
 use flightdeck::bus::{Bus, BusOptions};
 use flightdeck::http::{AppState, LimitsConfig, Rate, WsConfig, router};
 use nix::sys::signal::Signal;
@@ -41,7 +42,12 @@ async fn start(db: &TestDb, limits: LimitsConfig, ws: WsConfig) -> App {
     let tasks = TaskTracker::new();
     let bus =
         Bus::start(db.store.clone(), db.config.clone(), BusOptions::default(), shutdown.clone(), &tasks).await.unwrap();
-    App::serve(AppState::with_bus(bus).max_body(1024).ws_config(ws).limits(limits), shutdown, tasks).await
+    App::serve(
+        AppState::with_bus(bus).max_body(1024).ws_config(ws).limits(limits).auth(Auth::disabled()),
+        shutdown,
+        tasks,
+    )
+    .await
 }
 
 /// An HTTP client whose connections come from `source` (any 127.0.0.0/8 address is this machine).
@@ -312,7 +318,7 @@ async fn without_connect_info_per_address_limits_are_skipped_and_the_others_hold
     // An embedding application serving the router without `into_make_service_with_connect_info`.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(AppState::with_bus(bus).limits(limits));
+    let app = router(AppState::with_bus(bus).limits(limits).auth(Auth::disabled()));
     let stop = shutdown.clone();
     tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
     let http = reqwest::Client::new();

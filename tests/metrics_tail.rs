@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::app::App;
 use common::process::flightdeck;
 use common::sse::SseClient;
+use flightdeck::auth::Auth;
 use flightdeck::http::AppState;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -146,7 +147,12 @@ async fn metrics_follow_appends_deliveries_and_sse_subscribers() {
 #[tokio::test]
 async fn metrics_answer_before_the_bus_runs() {
     let db = common::test_db().await;
-    let app = App::serve(AppState::new(db.store.clone()), CancellationToken::new(), TaskTracker::new()).await;
+    let app = App::serve(
+        AppState::new(db.store.clone()).auth(Auth::disabled()),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    )
+    .await;
     let metrics = app.metrics().await;
     assert_eq!(metrics["flightdeck_ready"], 0.0);
     assert_eq!(metrics[SSE], 0.0);

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::app::App;
+use flightdeck::auth::Auth;
 use flightdeck::http::AppState;
 use flightdeck::store::Store;
 use serde_json::Value;
@@ -22,7 +23,7 @@ use tokio_util::task::TaskTracker;
 /// A server whose database does not exist: static routes and the description need none.
 async fn app_without_database() -> App {
     let config: tokio_postgres::Config = "host=/nonexistent-flightdeck-test dbname=none".parse().unwrap();
-    let state = AppState::new(Store::new(config, 1).unwrap());
+    let state = AppState::new(Store::new(config, 1).unwrap()).auth(Auth::disabled());
     App::serve(state, CancellationToken::new(), TaskTracker::new()).await
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::TestDb;
 use common::app::App;
 use common::ws::{WsClient, envelopes, numbers};
+use flightdeck::auth::Auth;
 use flightdeck::bus::{Bus, BusOptions, Routing};
 use flightdeck::http::{AppState, WsConfig};
 use flightdeck::store::Position;
@@ -29,7 +30,7 @@ async fn serve(db: &TestDb, options: BusOptions, ws: WsConfig) -> (App, Bus) {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let bus = Bus::start(db.store.clone(), db.config.clone(), options, shutdown.clone(), &tasks).await.unwrap();
-    let state = AppState::with_bus(bus.clone()).max_body(256 * 1024).ws_config(ws);
+    let state = AppState::with_bus(bus.clone()).max_body(256 * 1024).ws_config(ws).auth(Auth::disabled());
     (App::serve(state, shutdown, tasks).await, bus)
 }
 

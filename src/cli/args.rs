@@ -55,6 +55,9 @@ pub enum Command {
     /// Manage the analytics projections (the numbers behind /api/stats).
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Make tokens for reading and writing (or a dashboard login link).
+    #[command(subcommand)]
+    Token(super::token::TokenCommand),
     /// Send synthetic website traffic (page views, clicks, form submissions) to a running server,
     /// through POST /api/track like real trackers, with a progress line on stderr.
     Demo(DemoArgs),
@@ -117,6 +120,13 @@ pub struct ServeArgs {
     /// events per second (default 20), so the stats come alive at once.
     #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "20", require_equals = true)]
     pub demo: Option<u32>,
+    /// Serve without authentication: anyone who can reach the port reads and writes everything.
+    /// Only for development, or behind your own access control.
+    #[arg(long, env = "FLIGHTDECK_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Token keys.
+    #[command(flatten)]
+    pub auth: super::token::AuthArgs,
     /// Limits (README "Limits"); over them a client gets 429 with Retry-After, a 400/413, or a
     /// WebSocket error op / close code.
     #[command(flatten)]

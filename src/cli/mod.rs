@@ -8,6 +8,7 @@ mod demo;
 mod projections;
 mod serve;
 mod tail;
+pub mod token;
 
 pub use args::Cli;
 
@@ -68,5 +69,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(BenchCommand::Ingest(args)) => Ok(crate::bench::ingest::run(&args).await?),
         Command::Projections(args::ProjectionsCommand::Rebuild) => projections::rebuild(&cli.database).await,
         Command::Demo(args) => demo::demo(&args).await,
+        Command::Token(token::TokenCommand::Create(args)) => token::create(&cli.database, &args),
     }
 }

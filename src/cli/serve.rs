@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::bus::{AppendMode, Bus, BusOptions, Routing};
 use crate::http::{AddrRange, AppState, LimitsConfig, Rate, WsConfig, router};
 use crate::projections::Projections;
@@ -24,7 +25,7 @@ pub(super) async fn serve(db_args: &DatabaseArgs, args: &ServeArgs) -> Result<()
     tasks.spawn(on_signal(shutdown.clone()));
 
     let db = Database::open(db_args, args.db_pool).await?;
-    let result = run(&db, args, &shutdown, &tasks).await;
+    let result = run(&db, db_args, args, &shutdown, &tasks).await;
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
@@ -35,6 +36,7 @@ pub(super) async fn serve(db_args: &DatabaseArgs, args: &ServeArgs) -> Result<()
 
 async fn run(
     db: &Database,
+    db_args: &DatabaseArgs,
     args: &ServeArgs,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
@@ -60,13 +62,32 @@ async fn run(
         tracing::warn!(delivery = !args.no_delivery, ?append_mode, "benchmark configuration");
     }
     let (limits, ws) = limits(&args.limits)?;
-    let state = AppState::new(db.store.clone()).max_body(args.max_body).ws_config(ws).limits(limits);
+    let auth = if args.insecure_no_auth {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach {addr} reads and writes every event"
+        );
+        eprintln!(
+            "\n  WARNING: authentication is off (--insecure-no-auth).\n  Anyone who can reach http://{addr} can read and write every event.\n"
+        );
+        Auth::disabled()
+    } else {
+        args.auth.auth(db_args)?
+    };
+    let login = auth.login_token();
+    let state = AppState::new(db.store.clone()).max_body(args.max_body).ws_config(ws).limits(limits).auth(auth);
     tasks.spawn(prepare_database(state.clone(), db.config.clone(), options, shutdown.clone(), tasks.clone()));
     if let Some(rate) = args.demo {
         super::demo::spawn_in_process(state.clone(), addr, rate, shutdown.clone(), tasks);
     }
     // Logged and printed: scripts and tests wait for this line.
     tracing::info!(%addr, "FlightDeck listening on http://{addr}");
+    if let Some(login) = login {
+        // Like a notebook server: the one link that opens the dashboard, usable once, for an hour.
+        tracing::info!("dashboard (one-time login link, valid 1 h): http://{addr}/login?token={login}");
+        tracing::info!(
+            "more links: `flightdeck token create --login --site '*'`; API tokens: `flightdeck token create --site <site> --subscribe`"
+        );
+    }
     // TCP_NODELAY: small SSE frames must leave at once, not wait on Nagle and delayed ACKs (up to
     // ~40 ms stalls measured without it).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -52,6 +52,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response =
             (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = if self.code == "token_required" { "Bearer" } else { "Bearer error=\"invalid_token\"" };
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static(challenge));
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }

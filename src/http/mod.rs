@@ -2,6 +2,7 @@
 //! ingestion, reads, the Server-Sent Events stream, the WebSocket, and health probes.
 
 mod assets;
+pub mod auth;
 mod dashboard;
 mod error;
 #[doc(hidden)]
@@ -29,6 +30,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
+use crate::auth::Auth;
 use crate::bus::Bus;
 use crate::projections::Projections;
 use crate::store::Store;
@@ -50,6 +52,8 @@ pub struct AppState {
     ws: WsConfig,
     /// Rate, stream and filter limits (`limits.rs`), shared by every clone.
     limits: Arc<limits::Limiter>,
+    /// Who may read and write what (`auth.rs`). Refuses everything until configured.
+    auth: Auth,
 }
 
 impl AppState {
@@ -62,6 +66,7 @@ impl AppState {
             projections: Arc::new(OnceLock::new()),
             ws: WsConfig::default(),
             limits: Arc::new(limits::Limiter::new(LimitsConfig::default())),
+            auth: Auth::default(),
         }
     }
 
@@ -88,6 +93,13 @@ impl AppState {
     /// [`LimitsConfig::default`]).
     pub fn limits(mut self, config: LimitsConfig) -> Self {
         self.limits = Arc::new(limits::Limiter::new(config));
+        self
+    }
+
+    /// Sets who may read and write what. Until this is called every route that needs a token
+    /// refuses every request: choose [`Auth::tokens`], or knowingly [`Auth::disabled`].
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
         self
     }
 
@@ -123,6 +135,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/{*path}", get(dashboard::asset))
+        .route("/login", get(auth::login))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use flightdeck::auth::Auth;
 use flightdeck::bus::{Bus, BusOptions};
 use flightdeck::http::AppState;
 use flightdeck::projections::Projections;
@@ -30,7 +31,7 @@ impl Analytics {
             .await
             .unwrap();
         let projections = Projections::start(bus.clone(), shutdown.clone(), &tasks);
-        let state = AppState::with_bus(bus);
+        let state = AppState::with_bus(bus).auth(Auth::disabled());
         state.set_projections(projections.clone());
         Analytics { app: App::serve(state, shutdown, tasks).await, projections }
     }

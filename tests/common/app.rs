@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use flightdeck::auth::Auth;
 use flightdeck::bus::{Bus, BusOptions};
 use flightdeck::http::{AppState, router};
 use serde_json::Value;
@@ -27,7 +28,7 @@ impl App {
         let bus = Bus::start(db.store.clone(), db.config.clone(), BusOptions::default(), shutdown.clone(), &tasks)
             .await
             .unwrap();
-        App::serve(AppState::with_bus(bus).max_body(256 * 1024), shutdown, tasks).await
+        App::serve(AppState::with_bus(bus).max_body(256 * 1024).auth(Auth::disabled()), shutdown, tasks).await
     }
 
     /// Serves `state` until `shutdown`, with the peer address (`ConnectInfo`) as `serve` does.

@@ -41,8 +41,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `serve` on a free loopback port with `configure` applied, and waits for its address.
+    /// Starts `serve --insecure-no-auth` on a free loopback port with `configure` applied, and
+    /// waits for its address. For tests about something other than tokens.
     pub fn start(configure: impl FnOnce(&mut Command)) -> Server {
+        Server::start_with_auth(|cmd| {
+            cmd.arg("--insecure-no-auth");
+            configure(cmd);
+        })
+    }
+
+    /// Starts `serve` as a user would, tokens required, with `configure` applied.
+    pub fn start_with_auth(configure: impl FnOnce(&mut Command)) -> Server {
         let mut cmd = flightdeck();
         cmd.arg("serve").env("FLIGHTDECK_ADDR", "127.0.0.1:0");
         configure(&mut cmd);
