@@ -152,6 +152,10 @@ pub struct LimitArgs {
     /// Open streams per client address: SSE, WebSocket and stats streams together (0: no limit).
     #[arg(long, env = "FLIGHTDECK_MAX_STREAMS", default_value_t = crate::http::LimitsConfig::STREAMS)]
     pub max_streams: u32,
+    /// Open streams per token, from any address: SSE, WebSocket and stats streams together (0: no
+    /// limit).
+    #[arg(long, env = "FLIGHTDECK_MAX_STREAMS_PER_TOKEN", default_value_t = crate::http::LimitsConfig::STREAMS_PER_TOKEN)]
+    pub max_streams_per_token: u32,
     /// Most entries in each filter list (types, channels, where) of one subscription.
     #[arg(long, env = "FLIGHTDECK_MAX_FILTERS", default_value_t = crate::http::LimitsConfig::FILTERS)]
     pub max_filters: usize,
