@@ -245,6 +245,10 @@ async fn sse_filters_by_site_live_and_on_replay() {
 
     let (status, body) = app.get("/api/events?site=a%20b").await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_site")), "{body}");
+    let many = (0..33).map(|i| format!("s{i}")).collect::<Vec<_>>().join(",");
+    let (status, body) = app.get(&format!("/api/events?site={many}")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("too_many_filters")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("sites has 33 entries"), "{body}");
     app.stop().await;
 }
 
