@@ -1,5 +1,5 @@
-//! Which events a subscriber wants: event types, a stream (exact or prefix), and equality tests on
-//! fields of the event's data. Applied in memory to live events and to replays alike, so both
+//! Which events a subscriber wants: event types, sites, a stream (exact or prefix), and equality
+//! tests on fields of the event's data. Applied in memory to live events and to replays alike, so both
 //! deliver exactly the same set.
 
 use serde_json::Value;
@@ -11,6 +11,9 @@ use crate::store::RecordedEvent;
 pub struct Filter {
     /// Event types to deliver (any of them); empty means all types.
     pub types: Vec<String>,
+    /// Sites whose events to deliver (any of them); empty means every site. Tenancy is the
+    /// integrator's (a token's scope narrows this list); here it is a plain condition.
+    pub sites: Vec<String>,
     /// Only this stream.
     pub stream: Option<String>,
     /// Only streams starting with this prefix.
@@ -85,6 +88,7 @@ impl Filter {
     /// Whether `event` passes every condition.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         (self.types.is_empty() || self.types.contains(&event.event_type))
+            && (self.sites.is_empty() || self.sites.contains(&event.site))
             && self.stream.as_ref().is_none_or(|s| *s == event.stream)
             && self.stream_prefix.as_ref().is_none_or(|p| event.stream.starts_with(p.as_str()))
             && self.fields.iter().all(|f| f.matches(&event.data))
@@ -102,6 +106,7 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             position: crate::store::Position::START,
             stream: stream.into(),
+            site: "shop".into(),
             version: 1,
             event_type: ty.into(),
             data,
@@ -119,6 +124,7 @@ mod tests {
             stream_prefix: prefix.map(str::to_string),
             fields: fields.iter().map(|e| FieldMatch::parse(e).unwrap()).collect(),
             channels: Vec::new(),
+            sites: Vec::new(),
         };
         let cases = [
             (f(&[], None, None, &[]), true),
@@ -138,6 +144,12 @@ mod tests {
         for (i, (filter, want)) in cases.iter().enumerate() {
             assert_eq!(filter.matches(&home), *want, "case {i}: {filter:?}");
         }
+        let sites =
+            |sites: &[&str]| Filter { sites: sites.iter().map(|s| s.to_string()).collect(), ..Filter::default() };
+        assert!(sites(&["blog", "shop"]).matches(&home));
+        assert!(!sites(&["blog"]).matches(&home));
+        let narrowed = Filter { types: vec!["Other".into()], ..sites(&["shop"]) };
+        assert!(!narrowed.matches(&home), "conditions are AND-ed");
     }
 
     #[test]

@@ -204,6 +204,10 @@ pub struct AppendArgs {
     /// The event's id (a UUID); appending the same id and content again stores nothing new.
     #[arg(long)]
     pub id: Option<String>,
+    /// The site (tenant) the stream belongs to: 1 to 64 of A-Z, a-z, 0-9, _ and -. A stream's
+    /// first event fixes its site; appending to it under another site is refused.
+    #[arg(long, default_value = crate::store::DEFAULT_SITE)]
+    pub site: String,
 }
 
 /// `flightdeck read`.

@@ -1,5 +1,5 @@
-//! `POST /api/events`: one event object, or an array of events appended atomically to one stream.
-//! Requests per client address are limited (`limits.rs`) before the body is read.
+//! `POST /api/events`: one event object, or an array of events appended atomically to one stream
+//! of one site. Requests per client address are limited (`limits.rs`) before the body is read.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::store::{ExpectedVersion, NewEvent, metadata_object};
+use crate::store::{DEFAULT_SITE, ExpectedVersion, NewEvent, metadata_object, validate_site};
 
 use super::limits::{IngestPermit, Limit};
 use super::{ApiError, AppState};
@@ -43,9 +43,9 @@ pub(super) async fn ingest(
         }
         other => ApiError::bad_request("bad_body", other.body_text()),
     })?;
-    let (stream, expected, events) = parse_body(&body)?;
+    let IngestRequest { site, stream, expected, events } = parse_body(&body)?;
     let bus = state.bus()?;
-    let out = bus.append(&stream, expected, &events).await?;
+    let out = bus.append(&site, &stream, expected, &events).await?;
     let status = if out.already_stored { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!({ "events": out.events }))))
 }
@@ -54,8 +54,21 @@ fn state_limit(state: &AppState) -> usize {
     state.max_body
 }
 
+/// A parsed `POST /api/events` body: one append.
+#[derive(Debug)]
+pub struct IngestRequest {
+    /// The site every event names (`default` when none does; later, the token's site).
+    pub site: String,
+    /// The stream every event names.
+    pub stream: String,
+    /// The version the stream must be at, from the first event.
+    pub expected: ExpectedVersion,
+    /// The events, in order.
+    pub events: Vec<NewEvent>,
+}
+
 /// Parses a request body: one event object or a non-empty array of them, all to one stream.
-pub(crate) fn parse_body(body: &[u8]) -> Result<(String, ExpectedVersion, Vec<NewEvent>), ApiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<IngestRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
     let items = match value {
@@ -76,9 +89,10 @@ fn clip(text: &str) -> String {
 }
 
 /// Turns the request's event objects into one append, naming the field and index of any problem.
-fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEvent>), ApiError> {
+fn parse_events(items: Vec<Value>) -> Result<IngestRequest, ApiError> {
     let many = items.len() > 1;
     let mut stream: Option<String> = None;
+    let mut site: Option<String> = None;
     let mut expected: Option<ExpectedVersion> = None;
     let mut events = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
@@ -88,6 +102,19 @@ fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEv
             return Err(bad(format!("{}: each event must be a JSON object", at.trim_end_matches('.'))));
         };
         let this_stream = take_string(&mut object, "stream", &at)?;
+        let this_site = match object.remove("site") {
+            None | Some(Value::Null) => DEFAULT_SITE.to_string(),
+            Some(Value::String(s)) => {
+                validate_site(&s).map_err(|e| ApiError::bad_request("invalid_site", format!("{at}site: {e}")))?;
+                s
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_site",
+                    format!("{at}site must be a string of 1 to 64 of A-Z, a-z, 0-9, _ and -"),
+                ));
+            }
+        };
         let event_type = take_string(&mut object, "type", &at)?;
         let data = object.remove("data").ok_or_else(|| bad(format!("{at}data is missing (any JSON value)")))?;
         let metadata = match object.remove("metadata") {
@@ -117,7 +144,7 @@ fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEv
         };
         if let Some(unknown) = object.keys().next() {
             return Err(bad(format!(
-                "{at}{} is not an event field (fields: stream, type, data, metadata, id, expectedVersion)",
+                "{at}{} is not an event field (fields: stream, site, type, data, metadata, id, expectedVersion)",
                 clip(unknown)
             )));
         }
@@ -131,6 +158,16 @@ fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEv
             }
             Some(_) => {}
         }
+        match &site {
+            None => site = Some(this_site),
+            Some(s) if *s != this_site => {
+                return Err(ApiError::bad_request(
+                    "invalid_site",
+                    format!("{at}site: all events of one request must name the same site ({s:?})"),
+                ));
+            }
+            Some(_) => {}
+        }
         if let Some(e) = this_expected {
             if expected.is_some_and(|prev| prev != e) || (i > 0 && expected.is_none()) {
                 return Err(bad(format!("{at}expectedVersion: give it once, on the first event")));
@@ -139,8 +176,12 @@ fn parse_events(items: Vec<Value>) -> Result<(String, ExpectedVersion, Vec<NewEv
         }
         events.push(NewEvent { id, event_type, data, metadata });
     }
-    let stream = stream.unwrap_or_default();
-    Ok((stream, expected.unwrap_or_default(), events))
+    Ok(IngestRequest {
+        site: site.unwrap_or_else(|| DEFAULT_SITE.to_string()),
+        stream: stream.unwrap_or_default(),
+        expected: expected.unwrap_or_default(),
+        events,
+    })
 }
 
 fn take_string(object: &mut Map<String, Value>, field: &str, at: &str) -> Result<String, ApiError> {

@@ -20,7 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 
 use crate::bus::{Batching, Chunks, Delivered, FieldMatch, Filter, Start};
-use crate::store::Position;
+use crate::store::{Position, validate_site};
 
 use super::limits::StreamPermit;
 use super::metrics::SubscriberGauge;
@@ -156,7 +156,7 @@ fn id_line(out: &mut BytesMut, event: &Delivered) {
     out.put_u8(b'\n');
 }
 
-/// Parses `types=A,B&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>&batch=N,T`.
+/// Parses `types=A,B&site=a,b&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>&batch=N,T`.
 pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request("invalid_query", format!("cannot read the query string: {e}")))?;
@@ -166,6 +166,12 @@ pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
     for (key, value) in pairs {
         match key.as_str() {
             "types" => filter.types.extend(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from)),
+            "site" => {
+                for site in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    validate_site(site).map_err(|e| ApiError::bad_request("invalid_site", format!("site: {e}")))?;
+                    filter.sites.push(site.to_string());
+                }
+            }
             "channels" => {
                 filter.channels.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from))
             }
@@ -190,7 +196,7 @@ pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
                 return Err(ApiError::bad_request(
                     "invalid_query",
                     format!(
-                        "unknown parameter {:?} (known: types, channels, stream, streamPrefix, where, from, batch)",
+                        "unknown parameter {:?} (known: types, site, channels, stream, streamPrefix, where, from, batch)",
                         clip(other)
                     ),
                 ));

@@ -290,9 +290,12 @@ impl Limiter {
     /// Checks the sizes of a subscription's filter lists; the message says which is too long.
     pub(crate) fn check_filter(&self, filter: &Filter) -> Result<(), String> {
         let max = self.config.max_filters;
-        for (name, len) in
-            [("types", filter.types.len()), ("channels", filter.channels.len()), ("where", filter.fields.len())]
-        {
+        for (name, len) in [
+            ("types", filter.types.len()),
+            ("sites", filter.sites.len()),
+            ("channels", filter.channels.len()),
+            ("where", filter.fields.len()),
+        ] {
             if len > max {
                 self.count(Limit::Filters);
                 return Err(format!(
