@@ -31,6 +31,7 @@ use axum::routing::get;
 
 use crate::bus::Bus;
 use crate::projections::Projections;
+use crate::sites::SiteDirectory;
 use crate::store::Store;
 
 /// Largest request body accepted by default (1 MiB).
@@ -50,18 +51,21 @@ pub struct AppState {
     ws: WsConfig,
     /// Rate, stream and filter limits (`limits.rs`), shared by every clone.
     limits: Arc<limits::Limiter>,
+    /// The registered sites and their origins, which the tracker's routes admit requests by.
+    sites: SiteDirectory,
 }
 
 impl AppState {
     /// State over `store`; not ready until [`AppState::set_bus`].
     pub fn new(store: Store) -> Self {
         AppState {
-            store,
             bus: Arc::new(OnceLock::new()),
             max_body: DEFAULT_MAX_BODY,
             projections: Arc::new(OnceLock::new()),
             ws: WsConfig::default(),
             limits: Arc::new(limits::Limiter::new(LimitsConfig::default())),
+            sites: SiteDirectory::new(store.clone()),
+            store,
         }
     }
 
@@ -89,6 +93,20 @@ impl AppState {
     pub fn limits(mut self, config: LimitsConfig) -> Self {
         self.limits = Arc::new(limits::Limiter::new(config));
         self
+    }
+
+    /// Sets how often the tracker's site directory checks the registry for changes (default
+    /// [`SiteDirectory::REFRESH`]): a site added or removed takes effect within this long.
+    pub fn site_refresh(mut self, refresh: std::time::Duration) -> Self {
+        self.sites = SiteDirectory::with_refresh(self.store.clone(), refresh);
+        self
+    }
+
+    /// The directory of registered sites the tracker admits requests by. An application that
+    /// changes sites itself ([`crate::sites::add`]) calls [`SiteDirectory::invalidate`] on it to
+    /// have the change take effect at once rather than within a second.
+    pub fn sites(&self) -> &SiteDirectory {
+        &self.sites
     }
 
     /// Makes the API ready: the database is migrated and `bus` delivers events.
@@ -132,7 +150,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams/{stream}", get(read::stream))
         .route("/ws/events", get(ws::events))
         .route("/api/openapi.json", get(openapi::document))
-        .merge(tracker::routes(state.limits.config().max_track_body))
+        .merge(tracker::routes(state.clone()))
         .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(security::nosniff))

@@ -13,6 +13,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "event_store", include_str!("../../migrations/0001_event_store.sql")),
     (2, "notify_sql_appends", include_str!("../../migrations/0002_notify_sql_appends.sql")),
     (3, "projections", include_str!("../../migrations/0003_projections.sql")),
+    // 4 is the events' `site` column (another branch); the runner applies any missing version, so
+    // the gap is harmless.
+    (5, "sites", include_str!("../../migrations/0005_sites.sql")),
 ];
 
 /// Advisory lock key (class, object) held while migrating. The class differs from the stream locks'.
