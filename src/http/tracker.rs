@@ -83,13 +83,16 @@ async fn cors(State(state): State<AppState>, request: Request, next: Next) -> Re
     // Before the database is ready the registry cannot be read (and the answer is a 503 anyway).
     if let Some(origin) = origin
         && state.is_ready()
-        && let Ok(text) = origin.to_str()
-        && state.sites.allows_origin(text).await.unwrap_or(false)
+        && state.sites.allows_origin(origin.to_str().unwrap_or(NOT_TEXT)).await.unwrap_or(false)
     {
         response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     }
     response
 }
+
+/// An `Origin` header that is not visible ASCII stands for itself as this (no origin is; only `*`
+/// accepts it).
+const NOT_TEXT: &str = "(not text)";
 
 /// A 403 from the sites registry.
 fn forbidden(code: &'static str, message: String) -> ApiError {
@@ -100,7 +103,7 @@ fn forbidden(code: &'static str, message: String) -> ApiError {
 /// preflight, so only other clients omit it, and they must say which origin they send for.
 fn request_origin(headers: &HeaderMap) -> Result<&str, ApiError> {
     match headers.get(header::ORIGIN) {
-        Some(value) => Ok(value.to_str().unwrap_or("(not text)")),
+        Some(value) => Ok(value.to_str().unwrap_or(NOT_TEXT)),
         None => Err(forbidden(
             "origin_required",
             "the Origin header is missing: tracker requests are accepted only from the origins registered for \
