@@ -145,7 +145,7 @@ async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Result<
     Ok(response)
 }
 
-/// Refuses `batch` unless its site is registered and `origin` is one of the site's.
+/// Refuses a batch for `site` unless the site is registered and `origin` is one of its origins.
 async fn admit(state: &AppState, site: &str, origin: &str) -> Result<(), ApiError> {
     state.bus()?;
     match state.sites.admit(site, origin).await? {
