@@ -61,6 +61,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The tracker accepts a batch only for a registered site, from its origins: register the site of the
+# description's example (`my-site`) for any origin, so that schemathesis's tracker requests can be
+# accepted too, not only refused with the documented 403s.
+env -u DATABASE_URL -u FLIGHTDECK_PG_BIN_DIR FLIGHTDECK_LOG=warn NO_COLOR=1 \
+    "$binary" site add my-site --origin '*' --data-dir "$scratch/data" >/dev/null
 env -u DATABASE_URL -u FLIGHTDECK_PG_BIN_DIR FLIGHTDECK_ADDR=127.0.0.1:0 FLIGHTDECK_LOG=info NO_COLOR=1 \
     "$binary" serve --data-dir "$scratch/data" 2>"$log" >/dev/null &
 pid=$!

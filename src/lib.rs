@@ -13,5 +13,6 @@ pub mod demo;
 pub mod embedded;
 pub mod http;
 pub mod projections;
+pub mod sites;
 pub mod store;
 pub mod tracker;

@@ -20,6 +20,9 @@ fn every_command_has_help() {
         ),
         (vec!["read", "--help"], vec!["[STREAM]", "--from-version", "--after", "--limit"]),
         (vec!["bench", "append", "--help"], vec!["--writers", "--batch", "--seconds"]),
+        (vec!["site", "--help"], vec!["add", "list", "remove"]),
+        (vec!["site", "add", "--help"], vec!["<ID>", "--origin", "--replace", "http://localhost:3000"]),
+        (vec!["demo", "--help"], vec!["--no-register"]),
     ];
     for (args, wants) in cases {
         let out = run(flightdeck().args(&args));

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::TestDb;
 use common::app::App;
 use common::process::Server;
+use common::sites::ORIGIN;
 use common::sse::SseClient;
 use common::ws::WsClient;
 use flightdeck::auth::Auth;
@@ -113,6 +114,7 @@ async fn wait_metric(base: &str, series: &str, ok: impl Fn(f64) -> bool) {
 #[tokio::test]
 async fn ingestion_per_address_gets_429_with_retry_after_then_passes_again() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
     let limits = LimitsConfig { ingest_per_address: Rate::new(1, 3), ..strict() };
     let app = start(&db, limits, WsConfig::default()).await;
     let a = client_from("127.0.0.1");
@@ -123,9 +125,9 @@ async fn ingestion_per_address_gets_429_with_retry_after_then_passes_again() {
     let refused = answer(a.post(app.url("/api/events")).json(&event(3)).send().await.unwrap()).await;
     let wait = assert_limited(&refused, "rate_limited", "--ingest-rate");
     // The tracker's route shares the address's budget, and its CORS header is on the refusal too.
-    let track = a.post(app.url("/api/track")).header("content-type", "text/plain").body(track_body("shop", 1));
-    let response = track.send().await.unwrap();
-    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let track = a.post(app.url("/api/track")).header("content-type", "text/plain").header("origin", ORIGIN);
+    let response = track.body(track_body("shop", 1)).send().await.unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], ORIGIN);
     assert_limited(&answer(response).await, "rate_limited", "per client address");
     // Refused before the body is read: an oversized body gets 429, not 413.
     let big = a.post(app.url("/api/events")).header("content-type", "application/json").body("x".repeat(10_000));
@@ -157,11 +159,13 @@ async fn ingestion_per_address_gets_429_with_retry_after_then_passes_again() {
 #[tokio::test]
 async fn tracker_events_per_site() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop", "blog"]).await;
     // One event per second after a burst of 100 (the least a site gets: one full batch).
     let limits = LimitsConfig { track_per_site: Rate::new(1, 1), ..strict() };
     let app = start(&db, limits, WsConfig::default()).await;
     let post = |site: &str, n: usize| {
-        app.http.post(app.url("/api/track")).header("content-type", "text/plain").body(track_body(site, n)).send()
+        let post = app.http.post(app.url("/api/track")).header("origin", ORIGIN);
+        post.header("content-type", "text/plain").body(track_body(site, n)).send()
     };
     let (status, _, body) = answer(post("shop", 60).await.unwrap()).await;
     assert_eq!(status, 202, "{body}");
@@ -305,6 +309,7 @@ async fn filters_subscriptions_frames_and_bodies_are_refused_clearly() {
 #[tokio::test]
 async fn without_connect_info_per_address_limits_are_skipped_and_the_others_hold() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let bus =
@@ -330,8 +335,10 @@ async fn without_connect_info_per_address_limits_are_skipped_and_the_others_hold
         SseClient::connect(&format!("{base}/api/events"), None).await,
         SseClient::connect(&format!("{base}/api/events"), None).await,
     ];
-    let track =
-        |n| http.post(format!("{base}/api/track")).header("content-type", "text/plain").body(track_body("shop", n));
+    let track = |n| {
+        let post = http.post(format!("{base}/api/track")).header("content-type", "text/plain");
+        post.header("origin", ORIGIN).body(track_body("shop", n))
+    };
     assert_eq!(track(100).send().await.unwrap().status(), 202);
     assert_eq!(track(1).send().await.unwrap().status(), 429, "the per-site limit needs no address");
     drop(streams);

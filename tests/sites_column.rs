@@ -278,9 +278,18 @@ async fn websocket_subscriptions_filter_by_site_live_and_on_replay() {
 async fn tracker_events_are_stored_under_their_batch_site() {
     let db = common::test_db().await;
     let app = App::start(&db).await;
+    app.register_sites(&["shop-2"]).await;
     let page = json!({"id": uuid::Uuid::now_v7().to_string(), "type": "PageViewed", "data": {"path": "/"}});
     let body = json!({"site": "shop-2", "session": "sess-1", "events": [page]}).to_string();
-    let r = app.http.post(app.url("/api/track")).header("content-type", "text/plain").body(body).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/track"))
+        .header("content-type", "text/plain")
+        .header("origin", common::sites::ORIGIN)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     assert_eq!(sites_of(&db, "visit-shop-2:sess-1").await, ["shop-2"]);
     let (_, stream) = app.get("/api/streams/visit-shop-2:sess-1").await;

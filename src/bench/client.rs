@@ -127,10 +127,22 @@ impl Connection {
 
     /// POSTs `body` as JSON to `path`; returns the status and the response body.
     pub async fn post_json(&mut self, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), ClientBenchError> {
+        self.post_json_from(path, body, None).await
+    }
+
+    /// POSTs `body` as JSON to `path` with an `Origin` header, as a page on `origin` would (the
+    /// tracker's route accepts a site's events only from its registered origins).
+    pub async fn post_json_from(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        origin: Option<&str>,
+    ) -> Result<(u16, Vec<u8>), ClientBenchError> {
         self.out.clear();
+        let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
         self.out.extend_from_slice(
             format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "POST {path} HTTP/1.1\r\nHost: {}\r\n{}{origin}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 self.host,
                 self.authorization,
                 body.len()

@@ -59,8 +59,53 @@ pub enum Command {
     #[command(subcommand)]
     Token(super::token::TokenCommand),
     /// Send synthetic website traffic (page views, clicks, form submissions) to a running server,
-    /// through POST /api/track like real trackers, with a progress line on stderr.
+    /// through POST /api/track like real trackers, with a progress line on stderr. Registers the
+    /// demo sites first, in the server's database (the same --data-dir or DATABASE_URL).
     Demo(DemoArgs),
+    /// Manage the sites whose tracker events are accepted, and the origins each accepts them from.
+    #[command(subcommand)]
+    Site(SiteCommand),
+}
+
+/// `flightdeck site …`.
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Register a site with the origins its pages are served from, or add origins to a registered
+    /// site (`--replace`: set exactly these). A running server takes it up within a second or two.
+    Add(SiteAddArgs),
+    /// Print the registered sites and their origins.
+    List(SiteListArgs),
+    /// Unregister a site: its tracker requests are refused from then on (its events are kept).
+    Remove(SiteRemoveArgs),
+}
+
+/// `flightdeck site add`.
+#[derive(Debug, Clone, Args)]
+pub struct SiteAddArgs {
+    /// The site id: the tracker's `data-site`, 1 to 64 of A-Z a-z 0-9 _ -.
+    pub id: String,
+    /// An origin the site's pages are served from, as scheme://host[:port], e.g.
+    /// https://www.example.com or http://localhost:3000 (repeatable); `*` accepts any origin.
+    #[arg(long = "origin", value_name = "ORIGIN", required = true)]
+    pub origins: Vec<String>,
+    /// Set exactly these origins, dropping the site's others (default: add to them).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// `flightdeck site list`.
+#[derive(Debug, Clone, Args)]
+pub struct SiteListArgs {
+    /// Print a JSON array of {id, origins, createdAt, updatedAt} instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flightdeck site remove`.
+#[derive(Debug, Clone, Args)]
+pub struct SiteRemoveArgs {
+    /// The site id.
+    pub id: String,
 }
 
 /// `flightdeck projections …`.
@@ -86,6 +131,11 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Do not register the demo sites (`flightdeck site add demo-shop --origin
+    /// https://shop.demo.flightdeck.test`, …): they are registered already, or the server's
+    /// database cannot be reached from here.
+    #[arg(long)]
+    pub no_register: bool,
 }
 
 /// `flightdeck serve`.

@@ -8,19 +8,32 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::demo::{DemoOptions, Progress};
+use crate::demo::{DemoError, DemoOptions, Progress};
 use crate::http::AppState;
 
 use super::CliError;
-use super::args::DemoArgs;
+use super::args::{DatabaseArgs, DemoArgs};
+use super::commands::with_database;
 
-pub(super) async fn demo(args: &DemoArgs) -> Result<(), CliError> {
+pub(super) async fn demo(db_args: &DatabaseArgs, args: &DemoArgs) -> Result<(), CliError> {
     let duration = match args.seconds {
         None => None,
         Some(s) if s.is_finite() && s > 0.0 && s <= 31.0 * 86400.0 => Some(Duration::from_secs_f64(s)),
         Some(_) => return Err(CliError::Usage("--seconds must be a positive number of seconds".into())),
     };
     let options = DemoOptions { url: args.url.clone(), rate: args.rate, sites: args.sites, duration };
+    options.check()?;
+    if !args.no_register {
+        // The server first: opening the database of a data directory no server runs would start
+        // (even create) a PostgreSQL cluster for nothing.
+        crate::demo::reachable(&options.url).await?;
+        with_database(db_args, 1, true, async |db| Ok(crate::demo::register(&db.store, options.sites).await?))
+            .await
+            .map_err(|err| match err {
+                CliError::Demo(err) => CliError::Demo(err),
+                other => CliError::Demo(DemoError::Register(other.to_string())),
+            })?;
+    }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(super::serve::on_signal(shutdown.clone()));
@@ -85,8 +98,14 @@ pub(super) fn spawn_in_process(
                 _ = shutdown.cancelled() => return,
             }
         }
-        tracing::info!(rate, %url, "demo traffic: generating synthetic visitors on 3 sites");
         let options = DemoOptions { url, rate, sites: 3, duration: None };
+        if let Err(err) = crate::demo::register(&state.store, options.sites).await {
+            tracing::warn!(error = %err, "demo traffic not started");
+            return;
+        }
+        // Registered through this process's own store: no need to wait for the next check.
+        state.sites().invalidate();
+        tracing::info!(rate, url = %options.url, "demo traffic: generating synthetic visitors on 3 sites");
         let mut logged = std::time::Instant::now();
         let result = crate::demo::run(&options, shutdown, |p, done| {
             if done || logged.elapsed() >= Duration::from_secs(10) {

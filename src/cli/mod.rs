@@ -7,6 +7,7 @@ pub mod database;
 mod demo;
 mod projections;
 mod serve;
+mod sites;
 mod tail;
 pub mod token;
 
@@ -53,6 +54,9 @@ pub enum CliError {
     /// The demo traffic generator failed.
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
+    /// The sites registry refused or failed.
+    #[error(transparent)]
+    Sites(#[from] crate::sites::SitesError),
 }
 
 /// Runs the parsed command line to completion.
@@ -68,7 +72,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(BenchCommand::Delivery(args)) => Ok(crate::bench::delivery::run(&args).await?),
         Command::Bench(BenchCommand::Ingest(args)) => Ok(crate::bench::ingest::run(&args).await?),
         Command::Projections(args::ProjectionsCommand::Rebuild) => projections::rebuild(&cli.database).await,
-        Command::Demo(args) => demo::demo(&args).await,
+        Command::Demo(args) => demo::demo(&cli.database, &args).await,
+        Command::Site(args::SiteCommand::Add(args)) => sites::add(&cli.database, &args).await,
+        Command::Site(args::SiteCommand::List(args)) => sites::list(&cli.database, &args).await,
+        Command::Site(args::SiteCommand::Remove(args)) => sites::remove(&cli.database, &args).await,
         Command::Token(token::TokenCommand::Create(args)) => token::create(&cli.database, &args),
     }
 }

@@ -7,6 +7,11 @@
 //! sender tasks, each on its own keep-alive connection, post the requests; a request that fails
 //! is resent with the same body (the same event ids), as the tracker does, so it is never counted
 //! twice. Once a second the caller gets a [`Progress`] to show.
+//!
+//! The tracker accepts a site's events only once the site is registered, from its origins
+//! (`src/sites/`): each demo site has an origin of its own, sent as `Origin`, and [`register`]
+//! puts the sites in the server's database first (`flightdeck demo` through the same data
+//! directory or `DATABASE_URL` as the server, `serve --demo` through its own store).
 
 pub mod sites;
 
@@ -21,6 +26,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::client::{ClientBenchError, Connection, Target};
+use crate::sites::{AddMode, Origin, SitesError};
+use crate::store::Store;
 
 use sites::{Visitor, sites};
 
@@ -46,6 +53,45 @@ pub enum DemoError {
     /// The server could not be reached.
     #[error(transparent)]
     Client(#[from] ClientBenchError),
+    /// The demo sites could not be registered.
+    #[error(
+        "cannot register the demo sites in the server's database ({0}); run the demo with the server's \
+         --data-dir or DATABASE_URL, or register them yourself (flightdeck site add demo-shop --origin \
+         https://shop.demo.flightdeck.test, …) and add --no-register"
+    )]
+    Register(String),
+}
+
+impl DemoOptions {
+    /// Checks the options, before anything is registered or sent.
+    pub fn check(&self) -> Result<(), DemoError> {
+        if self.rate == 0 || self.rate > 100_000 {
+            return Err(DemoError::Usage("--rate must be between 1 and 100000 events per second".into()));
+        }
+        if self.sites == 0 || self.sites > 100 {
+            return Err(DemoError::Usage("--sites must be between 1 and 100".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Fails with a clear message unless something accepts connections at `url`.
+pub async fn reachable(url: &str) -> Result<(), DemoError> {
+    let target = Target::resolve(url).await?;
+    drop(Connection::open(&target).await?);
+    Ok(())
+}
+
+/// Registers the demo's first `count` sites (see [`sites::sites`]) with their origins, keeping
+/// whatever origins they have already: idempotent, so every demo start runs it.
+pub async fn register(store: &Store, count: usize) -> Result<(), DemoError> {
+    for site in sites(count) {
+        let origin = Origin::parse(&site.origin).map_err(|e| DemoError::Register(e.to_string()))?;
+        crate::sites::add(store, &site.id, &[origin], AddMode::Merge)
+            .await
+            .map_err(|e: SitesError| DemoError::Register(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Where the demo is, reported once a second and at the end.
@@ -93,19 +139,14 @@ pub async fn run(
     shutdown: CancellationToken,
     mut progress: impl FnMut(&Progress, bool),
 ) -> Result<Progress, DemoError> {
-    if options.rate == 0 || options.rate > 100_000 {
-        return Err(DemoError::Usage("--rate must be between 1 and 100000 events per second".into()));
-    }
-    if options.sites == 0 || options.sites > 100 {
-        return Err(DemoError::Usage("--sites must be between 1 and 100".into()));
-    }
+    options.check()?;
     let target = Arc::new(Target::resolve(&options.url).await?);
     // Fail now, with a clear message, if nothing listens there.
     drop(Connection::open(&target).await?);
     let sites = sites(options.sites);
     let counters = Arc::new(Counters::default());
     let senders = (options.rate as usize / 200 + 2).min(16);
-    let (queue, receiver) = mpsc::channel::<(String, u64)>(senders * 4);
+    let (queue, receiver) = mpsc::channel::<Request>(senders * 4);
     let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
     let mut workers = JoinSet::new();
     for _ in 0..senders {
@@ -144,7 +185,7 @@ pub async fn run(
                 visitors.swap_remove(index);
             }
             budget -= events.len() as f64;
-            let request = (body.to_string(), events.len() as u64);
+            let request = Request { body: body.to_string(), events: events.len() as u64, origin: site.origin.clone() };
             tokio::select! {
                 sent = queue.send(request) => if sent.is_err() { break 'run },
                 _ = shutdown.cancelled() => break 'run,
@@ -196,10 +237,17 @@ fn snapshot(
     }
 }
 
+/// One tracker request: its body, how many events it carries, and the site's origin.
+struct Request {
+    body: String,
+    events: u64,
+    origin: String,
+}
+
 /// One sender: takes requests off the queue and posts each until it is accepted (or given up).
 async fn send_loop(
     target: Arc<Target>,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<(String, u64)>>>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
@@ -213,12 +261,13 @@ async fn send_loop(
                 _ = shutdown.cancelled() => None,
             }
         };
-        let Some((body, events)) = next else { return };
+        let Some(Request { body, events, origin }) = next else { return };
+        let origin = Some(origin.as_str());
         for attempt in 1..=ATTEMPTS {
             let answer = match connection.as_mut() {
-                Some(conn) => conn.post_json(&path, body.as_bytes()).await,
+                Some(conn) => conn.post_json_from(&path, body.as_bytes(), origin).await,
                 None => match Connection::open(&target).await {
-                    Ok(conn) => connection.insert(conn).post_json(&path, body.as_bytes()).await,
+                    Ok(conn) => connection.insert(conn).post_json_from(&path, body.as_bytes(), origin).await,
                     Err(err) => Err(err),
                 },
             };

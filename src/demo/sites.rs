@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 pub struct Site {
     /// Its site id, e.g. `demo-shop`.
     pub id: String,
+    /// The origin its pages are "served" from, sent as `Origin` and registered for the site, e.g.
+    /// `https://shop.demo.flightdeck.test` (`.test` is reserved: it can be no real website).
+    pub origin: String,
     catalog: &'static Catalog,
 }
 
@@ -103,18 +106,14 @@ const VIEWPORTS: &[(u32, u32)] =
     &[(1920, 1080), (1536, 864), (1440, 900), (1366, 768), (390, 844), (412, 915), (768, 1024)];
 
 /// The demo's `count` sites: `demo-shop`, `demo-blog`, `demo-docs`, `demo-saas`, then
-/// `demo-shop-2`, … when more are asked for.
+/// `demo-shop-2`, … when more are asked for, each with its own origin.
 pub fn sites(count: usize) -> Vec<Site> {
     (0..count)
         .map(|i| {
             let catalog = &CATALOGS[i % CATALOGS.len()];
             let round = i / CATALOGS.len();
-            let id = if round == 0 {
-                format!("demo-{}", catalog.name)
-            } else {
-                format!("demo-{}-{}", catalog.name, round + 1)
-            };
-            Site { id, catalog }
+            let name = if round == 0 { catalog.name.to_string() } else { format!("{}-{}", catalog.name, round + 1) };
+            Site { id: format!("demo-{name}"), origin: format!("https://{name}.demo.flightdeck.test"), catalog }
         })
         .collect()
 }
@@ -213,6 +212,12 @@ mod tests {
             sites.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             ["demo-shop", "demo-blog", "demo-docs", "demo-saas", "demo-shop-2"]
         );
+        assert_eq!(sites[0].origin, "https://shop.demo.flightdeck.test");
+        assert_eq!(sites[4].origin, "https://shop-2.demo.flightdeck.test");
+        for site in &sites {
+            let origin = crate::sites::Origin::parse(&site.origin).unwrap();
+            assert_eq!(origin.as_str(), site.origin, "already normalized, as browsers send it");
+        }
         for i in 0..200 {
             let mut visitor = Visitor::new(i % sites.len(), &mut rng);
             let site = &sites[visitor.site];

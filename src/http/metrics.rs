@@ -22,6 +22,9 @@
 //! | `flightdeck_limiter_keys{limit="…"}` | gauge | keys a limit holds state for (bounded by `--limit-max-keys`, or by open streams) |
 //! | `flightdeck_limiter_resets_total{limit="…"}` | counter | times a rate limit forgot every key because more were active than it may remember |
 //! | `flightdeck_limited_streams` | gauge | open streams counted against the per-address stream limit |
+//! | `flightdeck_sites` | gauge | registered sites in the server's copy of the registry (`sites/directory.rs`) |
+//! | `flightdeck_site_directory_reads_total{kind="check"\|"load"\|"error"}` | counter | the directory's database reads: generation checks (at most one a second, only while tracker requests arrive), full loads (only after a change), failures |
+//! | `flightdeck_tracker_refused_total{reason="unknown_site"\|"origin_not_allowed"}` | counter | tracker requests refused by the sites registry |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +44,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let bus = state.bus.get();
     let mut text = render(bus.map(Bus::stats), bus.is_some());
     state.limits.render_metrics(&mut text);
+    state.sites.render_metrics(&mut text);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
 }
 

@@ -33,6 +33,7 @@ use axum::routing::get;
 use crate::auth::Auth;
 use crate::bus::Bus;
 use crate::projections::Projections;
+use crate::sites::SiteDirectory;
 use crate::store::Store;
 
 /// Largest request body accepted by default (1 MiB).
@@ -54,19 +55,22 @@ pub struct AppState {
     limits: Arc<limits::Limiter>,
     /// Who may read and write what (`auth.rs`). Refuses everything until configured.
     auth: Auth,
+    /// The registered sites and their origins, which the tracker's routes admit requests by.
+    sites: SiteDirectory,
 }
 
 impl AppState {
     /// State over `store`; not ready until [`AppState::set_bus`].
     pub fn new(store: Store) -> Self {
         AppState {
-            store,
             bus: Arc::new(OnceLock::new()),
             max_body: DEFAULT_MAX_BODY,
             projections: Arc::new(OnceLock::new()),
             ws: WsConfig::default(),
             limits: Arc::new(limits::Limiter::new(LimitsConfig::default())),
             auth: Auth::default(),
+            sites: SiteDirectory::new(store.clone()),
+            store,
         }
     }
 
@@ -101,6 +105,20 @@ impl AppState {
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;
         self
+    }
+
+    /// Sets how often the tracker's site directory checks the registry for changes (default
+    /// [`SiteDirectory::REFRESH`]): a site added or removed takes effect within this long.
+    pub fn site_refresh(mut self, refresh: std::time::Duration) -> Self {
+        self.sites = SiteDirectory::with_refresh(self.store.clone(), refresh);
+        self
+    }
+
+    /// The directory of registered sites the tracker admits requests by. An application that
+    /// changes sites itself ([`crate::sites::add`]) calls [`SiteDirectory::invalidate`] on it to
+    /// have the change take effect at once rather than within a second.
+    pub fn sites(&self) -> &SiteDirectory {
+        &self.sites
     }
 
     /// Makes the API ready: the database is migrated and `bus` delivers events.
@@ -145,7 +163,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams/{stream}", get(read::stream))
         .route("/ws/events", get(ws::events))
         .route("/api/openapi.json", get(openapi::document))
-        .merge(tracker::routes(state.limits.config().max_track_body))
+        .merge(tracker::routes(state.clone()))
         .merge(stats::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(security::nosniff))

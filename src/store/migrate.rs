@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "notify_sql_appends", include_str!("../../migrations/0002_notify_sql_appends.sql")),
     (3, "projections", include_str!("../../migrations/0003_projections.sql")),
     (4, "event_site", include_str!("../../migrations/0004_event_site.sql")),
+    (5, "sites", include_str!("../../migrations/0005_sites.sql")),
 ];
 
 /// Advisory lock key (class, object) held while migrating. The class differs from the stream locks'.

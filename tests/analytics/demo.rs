@@ -34,8 +34,20 @@ async fn demo_sends_traffic_that_reaches_the_stats() {
     });
     server.wait_ready().await;
     let url = format!("http://{}", server.addr);
+    let database = db.url();
     let out = tokio::task::spawn_blocking(move || {
-        run(flightdeck().args(["demo", "--url", &url, "--rate", "60", "--sites", "2", "--seconds", "2"]))
+        // The server's database (DATABASE_URL), where the demo registers its sites.
+        run(flightdeck().env("DATABASE_URL", database).args([
+            "demo",
+            "--url",
+            &url,
+            "--rate",
+            "60",
+            "--sites",
+            "2",
+            "--seconds",
+            "2",
+        ]))
     })
     .await
     .unwrap();

@@ -13,6 +13,7 @@ const DEMO_SITES: [&str; 3] = ["demo-shop", "demo-blog", "demo-docs"];
 #[tokio::test]
 async fn projections_equal_counts_from_the_raw_log() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["handmade"]).await;
     let analytics = Analytics::start(&db).await;
     // What matters is exactness over varied traffic, not how much a loaded machine sends in 2 s.
     let sent = demo_traffic(&analytics.app, 300, 3, 2.0).await;
@@ -43,6 +44,7 @@ async fn projections_equal_counts_from_the_raw_log() {
 #[tokio::test]
 async fn a_restarted_projector_resumes_from_its_checkpoint() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
     let first = Analytics::start(&db).await;
     for i in 0..30 {
         assert_eq!(first.track("shop", &format!("s{}", i % 5), vec![page("/"), click("buy")]).await.0, 202);
@@ -123,6 +125,7 @@ async fn rebuild_recomputes_the_same_numbers_while_a_server_runs() {
     assert_exact(&analytics, &db, &DEMO_SITES).await;
 
     // The live projector carries on after the rebuild.
+    analytics.app.register_sites(&["demo-shop"]).await;
     assert_eq!(analytics.track("demo-shop", "after", vec![page("/after")]).await.0, 202);
     analytics.caught_up(&db).await;
     assert_exact(&analytics, &db, &DEMO_SITES).await;

@@ -15,6 +15,7 @@ fn at(t: DateTime<Utc>) -> String {
 #[tokio::test]
 async fn ranges_are_whole_minutes_of_event_time() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["r"]).await;
     let analytics = Analytics::start(&db).await;
     // Events stored two hours ago (as an application appending through SQL might): the buckets
     // follow the events' timestamps, not the time the projector ran.
@@ -110,6 +111,7 @@ async fn bad_parameters_are_400s() {
 #[tokio::test]
 async fn the_live_stream_pushes_new_numbers() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["live"]).await;
     let analytics = Analytics::start(&db).await;
     let mut live = SseClient::connect(&analytics.app.url("/api/stats/stream?site=live&window=10m&top=3"), None).await;
     let first: Value = serde_json::from_str(&live.next().await.unwrap().data).unwrap();

@@ -36,7 +36,8 @@ impl Analytics {
         Analytics { app: App::serve(state, shutdown, tasks).await, projections }
     }
 
-    /// POSTs a tracker batch as `text/plain` (what sendBeacon sends); returns status and body.
+    /// POSTs a tracker batch as `text/plain` (what sendBeacon sends) from `common::sites::ORIGIN`
+    /// (register the site first: `app.register_sites`); returns status and body.
     pub async fn track(&self, site: &str, session: &str, events: Vec<Value>) -> (u16, Value) {
         track(&self.app, site, session, events).await
     }
@@ -60,7 +61,8 @@ impl Analytics {
 
 pub async fn track(app: &App, site: &str, session: &str, events: Vec<Value>) -> (u16, Value) {
     let body = json!({"site": site, "session": session, "events": events}).to_string();
-    let r = app.http.post(app.url("/api/track")).header("content-type", "text/plain;charset=UTF-8").body(body);
+    let r = app.http.post(app.url("/api/track")).header("content-type", "text/plain;charset=UTF-8");
+    let r = r.header("origin", crate::common::sites::ORIGIN).body(body);
     let r = r.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
@@ -205,8 +207,10 @@ pub async fn assert_exact(analytics: &Analytics, db: &TestDb, sites: &[&str]) {
     }
 }
 
-/// Runs the demo generator in-process against `app` for `seconds`.
+/// Registers the demo's sites, then runs the demo generator in-process against `app` for `seconds`.
 pub async fn demo_traffic(app: &App, rate: u32, sites: usize, seconds: f64) -> u64 {
+    flightdeck::demo::register(&app.store, sites).await.unwrap();
+    app.sites.invalidate();
     let options = flightdeck::demo::DemoOptions {
         url: app.base.clone(),
         rate,

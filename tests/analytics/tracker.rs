@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 
 use crate::common;
 use crate::common::app::App;
+use crate::common::sites::ORIGIN;
 use crate::support::{Analytics, click, everything, form, page, reported, track};
 
 #[tokio::test]
@@ -25,6 +26,7 @@ async fn the_tracker_script_is_served() {
 #[tokio::test]
 async fn a_batch_becomes_one_append_to_the_sessions_stream() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
     let app = App::start(&db).await;
     let mut first = page("/pricing");
     first["data"]["utm"] = json!({"source": "newsletter"});
@@ -35,12 +37,14 @@ async fn a_batch_becomes_one_append_to_the_sessions_stream() {
     let r = app
         .http
         .post(app.url("/api/track"))
+        .header("origin", ORIGIN)
         .json(&json!({"site": "shop", "session": "sess-1", "events": [page("/")]}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN, "the site's own origin is echoed");
+    assert_eq!(r.headers()["vary"], "origin");
 
     let (status, stream) = app.get("/api/streams/visit-shop:sess-1").await;
     assert_eq!(status, 200, "{stream}");
@@ -58,11 +62,13 @@ async fn a_batch_becomes_one_append_to_the_sessions_stream() {
 #[tokio::test]
 async fn invalid_batches_get_400s_naming_the_field() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
     let app = App::start(&db).await;
     let id = uuid::Uuid::now_v7().to_string();
     let batch = |events: Value| json!({"site": "shop", "session": "s", "events": events}).to_string();
     let send = |body: String, content_type: &'static str| {
-        app.http.post(app.url("/api/track")).header("content-type", content_type).body(body).send()
+        let post = app.http.post(app.url("/api/track")).header("origin", ORIGIN);
+        post.header("content-type", content_type).body(body).send()
     };
     // (body, content type, status, code, words in the message)
     let cases: Vec<(String, &str, u16, &str, &str)> = vec![
@@ -131,7 +137,7 @@ async fn invalid_batches_get_400s_naming_the_field() {
     for (i, (body, content_type, status, code, words)) in cases.into_iter().enumerate() {
         let r = send(body, content_type).await.unwrap();
         assert_eq!(r.status().as_u16(), status, "case {i}");
-        assert_eq!(r.headers()["access-control-allow-origin"], "*", "case {i}: errors are readable cross-origin");
+        assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN, "case {i}: errors are readable cross-origin");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "case {i}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(words), "case {i}: {body}");
@@ -142,29 +148,45 @@ async fn invalid_batches_get_400s_naming_the_field() {
 }
 
 #[tokio::test]
-async fn cors_preflight_allows_any_origin() {
+async fn cors_preflight_is_granted_only_to_registered_origins() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
     let app = App::start(&db).await;
-    let r = app
-        .http
-        .request(reqwest::Method::OPTIONS, app.url("/api/track"))
-        .header("origin", "https://www.example.org")
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type")
-        .send()
-        .await
-        .unwrap();
+    let preflight = |origin: Option<&'static str>| {
+        let mut r = app
+            .http
+            .request(reqwest::Method::OPTIONS, app.url("/api/track"))
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type");
+        if let Some(origin) = origin {
+            r = r.header("origin", origin);
+        }
+        r.send()
+    };
+    let r = preflight(Some(ORIGIN)).await.unwrap();
     assert_eq!(r.status(), 204);
     let h = r.headers();
-    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["access-control-allow-origin"], ORIGIN);
+    assert_eq!(h["vary"], "origin");
     assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
     assert_eq!(h["access-control-allow-headers"], "content-type");
+    for (origin, code) in [(Some("https://www.example.org"), "origin_not_allowed"), (None, "origin_required")] {
+        let r = preflight(origin).await.unwrap();
+        assert_eq!(r.status(), 403, "{origin:?}");
+        assert!(r.headers().get("access-control-allow-origin").is_none(), "{origin:?}: no CORS granted");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    // The script itself stays readable by anyone.
+    let r = app.http.get(app.url("/track.js")).header("origin", "https://www.example.org").send().await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_resent_batch_is_not_counted_twice() {
     let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
     let analytics = Analytics::start(&db).await;
     let batch = vec![page("/"), click("buy"), page("/cart")];
     assert_eq!(analytics.track("shop", "s1", batch.clone()).await, (202, json!({"accepted": 3, "duplicates": 0})));

@@ -83,13 +83,15 @@ async fn public_routes_need_no_token() {
         assert!(tokio::time::Instant::now() < deadline, "/readyz never answered 200");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // The tracker takes no token (sites and origins secure it, elsewhere).
+    // The tracker takes no token (registered sites and their origins secure it).
+    server.app.register_sites(&["shop"]).await;
     let beacon = json!({"site": "shop", "session": "s1", "events": [
         {"id": uuid::Uuid::now_v7().to_string(), "type": "PageViewed", "data": {"path": "/", "title": "t", "viewport": {"w": 1, "h": 1}}}
     ]});
     let response = reqwest::Client::new()
         .post(server.url("/api/track"))
         .header("content-type", "text/plain")
+        .header("origin", common::sites::ORIGIN)
         .body(beacon.to_string())
         .send()
         .await
@@ -158,8 +160,10 @@ async fn stats_answer_only_for_the_sites_of_the_token() {
             {"id": uuid::Uuid::now_v7().to_string(), "type": "PageViewed", "data": {"path": "/", "title": "t", "viewport": {"w": 1, "h": 1}}}
         ]})
     };
+    server.app.register_sites(&["shop", "blog"]).await;
     for site in ["shop", "blog"] {
         let r = reqwest::Client::new().post(server.url("/api/track")).header("content-type", "text/plain");
+        let r = r.header("origin", common::sites::ORIGIN);
         assert!(r.body(beacon(site).to_string()).send().await.unwrap().status().is_success());
     }
     let everything = Tok::sites(&["*"]).sign();

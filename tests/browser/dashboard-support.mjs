@@ -31,7 +31,8 @@ process.on('exit', () => {
  * its exit; `exited` resolves when it ends by itself.
  */
 export function startDemo(server, { rate = 50, sites = 3, seconds } = {}) {
-  const args = ['demo', '--url', server.url, '--rate', String(rate), '--sites', String(sites)];
+  // The server's data directory: the demo registers its sites in the server's database.
+  const args = ['demo', '--url', server.url, '--rate', String(rate), '--sites', String(sites), '--data-dir', server.dataDir];
   if (seconds !== undefined) args.push('--seconds', String(seconds));
   const child = spawn(BINARY, args, { env: cleanEnv(), detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
@@ -181,6 +182,18 @@ function siteHtml(server) {
 }
 
 /**
+ * Registers `site` in `server`'s database with `origin` (`flightdeck site add`, attached to the
+ * server's embedded PostgreSQL): the tracker accepts a site's events only from its origins. The
+ * running server takes it up within a second or two; nothing is sent before the page loads.
+ */
+export async function registerSite(server, site, origin) {
+  await promisify(execFile)(BINARY, ['site', 'add', site, '--origin', origin, '--data-dir', server.dataDir], {
+    env: cleanEnv(),
+    timeout: 120_000,
+  });
+}
+
+/**
  * The tracked website: a plain HTTP server of its own on the loopback (another origin than
  * FlightDeck's, so the tracker loads and sends cross-origin, CORS included, as on a customer's
  * site; both on the loopback, as both would be public in production: Chromium refuses a public
@@ -199,8 +212,11 @@ export async function startSite(server) {
     site.once('error', reject);
     site.listen(0, '127.0.0.1', resolveListen);
   });
+  const url = `http://127.0.0.1:${site.address().port}`;
+  // The page's origin is its own URL (no path): registered for data-site="test-site".
+  await registerSite(server, 'test-site', url);
   return {
-    url: `http://127.0.0.1:${site.address().port}`,
+    url,
     close: () =>
       new Promise((resolveClose) => {
         site.close(() => resolveClose());

@@ -79,6 +79,8 @@ export async function startServer({ dataDir, port = 0, ready = true }) {
     child,
     url: '',
     port: 0,
+    /** The data directory (`--data-dir`), for commands that work on the server's database. */
+    dataDir: join(dataDir, 'data'),
     log: () => log,
     exited,
     killNow() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use flightdeck::auth::Auth;
 use flightdeck::bus::{Bus, BusOptions};
 use flightdeck::http::{AppState, router};
+use flightdeck::sites::SiteDirectory;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub http: reqwest::Client,
+    /// The server's copy of the sites registry (`register_sites` refreshes it).
+    pub sites: SiteDirectory,
+    /// The server's store.
+    pub store: flightdeck::store::Store,
 }
 
 impl App {
@@ -35,10 +40,11 @@ impl App {
     pub async fn serve(state: AppState, shutdown: CancellationToken, tasks: TaskTracker) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let (sites, store) = (state.sites().clone(), state.store.clone());
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();
         tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
-        App { base, shutdown, tasks, http: reqwest::Client::new() }
+        App { base, shutdown, tasks, http: reqwest::Client::new(), sites, store }
     }
 
     pub fn url(&self, path: &str) -> String {

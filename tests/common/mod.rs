@@ -89,5 +89,6 @@ pub async fn settle(store: &Store, position: flightdeck::store::Position) {
 pub mod app;
 pub mod process;
 pub mod resilient;
+pub mod sites;
 pub mod sse;
 pub mod ws;
