@@ -14,9 +14,10 @@
 //! Every refusal is counted in `/metrics` as `flightdeck_limited_total{limit="…"}`.
 //!
 //! **Keys.** A limit is a [`rate::KeyedRate`] or a [`streams::StreamCounter`], both generic over
-//! their key, so a limit keyed by something new (an API token, once tokens exist) is one more
-//! field of [`Limiter`] over that key type and one more check in [`IngestPermit`] /
-//! [`StreamPermit`] (whose slots are released on drop). The client address comes from the
+//! their key, so a limit keyed by something new is one more field of [`Limiter`] over that key
+//! type and one more check in [`IngestPermit`] / [`StreamPermit`] (whose slots are released on
+//! drop). Streams per token are keyed by the token's id, which the `Subscriber` extractor leaves in
+//! the request's extensions (`http/auth.rs`). The client address comes from the
 //! connection (`ConnectInfo<SocketAddr>`, see `addr.rs`); an application that serves the router
 //! without `into_make_service_with_connect_info` has no address, and the per-address limits then
 //! do not apply (the others still do).
