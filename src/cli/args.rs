@@ -202,6 +202,10 @@ pub struct LimitArgs {
     /// Open streams per client address: SSE, WebSocket and stats streams together (0: no limit).
     #[arg(long, env = "FLIGHTDECK_MAX_STREAMS", default_value_t = crate::http::LimitsConfig::STREAMS)]
     pub max_streams: u32,
+    /// Open streams per token, from any address: SSE, WebSocket and stats streams together (0: no
+    /// limit).
+    #[arg(long, env = "FLIGHTDECK_MAX_STREAMS_PER_TOKEN", default_value_t = crate::http::LimitsConfig::STREAMS_PER_TOKEN)]
+    pub max_streams_per_token: u32,
     /// Most entries in each filter list (types, channels, where) of one subscription.
     #[arg(long, env = "FLIGHTDECK_MAX_FILTERS", default_value_t = crate::http::LimitsConfig::FILTERS)]
     pub max_filters: usize,
@@ -345,6 +349,10 @@ pub struct BenchDeliveryArgs {
     /// Subscribers connecting at the same time while the streams open.
     #[arg(long, default_value_t = 256)]
     pub open_concurrency: usize,
+    /// A token that subscribes and publishes (`flightdeck token create --site '*' --subscribe
+    /// --publish`), for a server that requires tokens.
+    #[arg(long, env = "FLIGHTDECK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `flightdeck bench ingest`.
@@ -371,6 +379,10 @@ pub struct BenchIngestArgs {
     /// Print one JSON object instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
+    /// A token that subscribes and publishes (`flightdeck token create --site '*' --subscribe
+    /// --publish`), for a server that requires tokens.
+    #[arg(long, env = "FLIGHTDECK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `flightdeck bench append`.

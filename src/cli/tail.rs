@@ -66,6 +66,7 @@ fn parse(args: &TailArgs) -> Result<(Filter, Start), CliError> {
         fields,
         channels: Vec::new(),
         sites: Vec::new(),
+        scope: None,
     };
     let start = match args.from.as_str() {
         "now" => Start::Now,

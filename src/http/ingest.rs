@@ -1,5 +1,9 @@
 //! `POST /api/events`: one event object, or an array of events appended atomically to one stream
 //! of one site. Requests per client address are limited (`limits.rs`) before the body is read.
+//!
+//! Writing needs a publish token (`Authorization: Bearer`; the dashboard's cookie only reads).
+//! The events' site (the request's `site`, else the token's only site), types and stream must all
+//! be inside the token's scope, or nothing is stored and the 403 names what is not covered.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -11,11 +15,13 @@ use uuid::Uuid;
 
 use crate::store::{DEFAULT_SITE, ExpectedVersion, NewEvent, metadata_object, validate_site};
 
+use super::auth::{Access, Publisher, forbidden};
 use super::limits::{IngestPermit, Limit};
 use super::{ApiError, AppState};
 
 pub(super) async fn ingest(
     State(state): State<AppState>,
+    Publisher(access): Publisher,
     _permit: IngestPermit,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -43,11 +49,38 @@ pub(super) async fn ingest(
         }
         other => ApiError::bad_request("bad_body", other.body_text()),
     })?;
-    let IngestRequest { site, stream, expected, events } = parse_body(&body)?;
+    let request = parse_body(&body)?;
+    let site = authorize(&request, &access)?;
+    let IngestRequest { stream, expected, events, .. } = request;
     let bus = state.bus()?;
     let out = bus.append(&site, &stream, expected, &events).await?;
     let status = if out.already_stored { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!({ "events": out.events }))))
+}
+
+/// The site the events go to, once the token is known to cover it and every event's type and
+/// the stream.
+fn authorize(request: &IngestRequest, access: &Access) -> Result<String, ApiError> {
+    let scope = access.scope();
+    let site = match (request.site_named, scope.sites.as_deref()) {
+        (true, _) | (false, None) => request.site.clone(),
+        (false, Some(_)) => scope.only_site().map(str::to_string).ok_or_else(|| {
+            ApiError::bad_request(
+                "site_required",
+                "the token covers several sites: name the site on each event (\"site\": \"…\")",
+            )
+        })?,
+    };
+    if !scope.permits_site(&site) {
+        return Err(forbidden(format!("the token does not cover site {site:?}")));
+    }
+    if !scope.permits_stream(&request.stream) {
+        return Err(forbidden(format!("the token does not cover stream {:?}", clip(&request.stream))));
+    }
+    if let Some(event) = request.events.iter().find(|e| !scope.permits_type(&e.event_type)) {
+        return Err(forbidden(format!("the token does not cover event type {:?}", clip(&event.event_type))));
+    }
+    Ok(site)
 }
 
 fn state_limit(state: &AppState) -> usize {
@@ -57,8 +90,10 @@ fn state_limit(state: &AppState) -> usize {
 /// A parsed `POST /api/events` body: one append.
 #[derive(Debug)]
 pub struct IngestRequest {
-    /// The site every event names (`default` when none does; later, the token's site).
+    /// The site every event names (`default` when none does).
     pub site: String,
+    /// Whether the request named the site (if not, a token for one site decides it).
+    pub site_named: bool,
     /// The stream every event names.
     pub stream: String,
     /// The version the stream must be at, from the first event.
@@ -93,6 +128,7 @@ fn parse_events(items: Vec<Value>) -> Result<IngestRequest, ApiError> {
     let many = items.len() > 1;
     let mut stream: Option<String> = None;
     let mut site: Option<String> = None;
+    let mut site_named = false;
     let mut expected: Option<ExpectedVersion> = None;
     let mut events = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
@@ -106,6 +142,7 @@ fn parse_events(items: Vec<Value>) -> Result<IngestRequest, ApiError> {
             None | Some(Value::Null) => DEFAULT_SITE.to_string(),
             Some(Value::String(s)) => {
                 validate_site(&s).map_err(|e| ApiError::bad_request("invalid_site", format!("{at}site: {e}")))?;
+                site_named = true;
                 s
             }
             Some(_) => {
@@ -178,6 +215,7 @@ fn parse_events(items: Vec<Value>) -> Result<IngestRequest, ApiError> {
     }
     Ok(IngestRequest {
         site: site.unwrap_or_else(|| DEFAULT_SITE.to_string()),
+        site_named,
         stream: stream.unwrap_or_default(),
         expected: expected.unwrap_or_default(),
         events,

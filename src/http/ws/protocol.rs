@@ -83,6 +83,8 @@ pub(super) enum Code {
     TooManySubscriptions,
     /// A filter list (`types`, `sites`, `channels`, `where`) has more entries than allowed.
     TooManyFilters,
+    /// `subscribe` asks only for sites the socket's token does not cover.
+    Forbidden,
 }
 
 impl Code {
@@ -101,6 +103,7 @@ impl Code {
             Code::FrameTooLarge => "frame_too_large",
             Code::TooManySubscriptions => "too_many_subscriptions",
             Code::TooManyFilters => "too_many_filters",
+            Code::Forbidden => "forbidden",
         }
     }
 }
