@@ -46,6 +46,8 @@
  * What to subscribe to and how.
  * @typedef {object} SubscribeOptions
  * @property {string|string[]} [types] Only these event types (default: all).
+ * @property {string|string[]} [sites] Only events of these sites (default: all), each 1 to 64 of
+ *   `A-Z a-z 0-9 _ -`.
  * @property {string} [stream] Only this stream.
  * @property {string} [streamPrefix] Only streams whose name starts with this.
  * @property {Object<string, string|number|boolean|null>} [where] Equality tests on the event's
@@ -95,11 +97,13 @@ export const STATES = Object.freeze(['connecting', 'open', 'reconnecting', 'clos
 
 const DEFAULT_RECONNECT = Object.freeze({ initialDelayMs: 500, maxDelayMs: 15000 });
 const POSITION = /^[0-9a-f]{32}$/;
+/** A site id: the server's rule (`src/store/event.rs`). */
+const SITE = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_BATCH_EVENTS = 10000;
 const MAX_BATCH_DELAY_MS = 10000;
 /** WebSocket keep-alive: a ping this often, and a connection with no answer for twice as long is dropped. */
 const PING_INTERVAL_MS = 20000;
-const OPTION_NAMES = ['types', 'stream', 'streamPrefix', 'where', 'from', 'batch', 'transport', 'reconnect', 'token'];
+const OPTION_NAMES = ['types', 'sites', 'stream', 'streamPrefix', 'where', 'from', 'batch', 'transport', 'reconnect', 'token'];
 const CONNECT_OPTION_NAMES = ['url', 'reconnect', 'token'];
 /** HTTP statuses that say the request itself is wrong (retrying it unchanged cannot help). */
 const isRefusal = (status) => status >= 400 && status < 500 && status !== 408 && status !== 429;
@@ -549,6 +553,7 @@ class SseTransport {
     const o = this.sub._options;
     const query = new URLSearchParams();
     if (o.types.length) query.set('types', o.types.join(','));
+    if (o.sites.length) query.set('site', o.sites.join(','));
     if (o.stream !== undefined) query.set('stream', o.stream);
     if (o.streamPrefix !== undefined) query.set('streamPrefix', o.streamPrefix);
     for (const [path, value] of Object.entries(o.where)) query.append('where', `${path}:${JSON.stringify(value)}`);
@@ -721,6 +726,7 @@ class WsTransport {
     const o = this.sub._options;
     const request = { op: 'subscribe', id: this.id };
     if (o.types.length) request.types = o.types;
+    if (o.sites.length) request.sites = o.sites;
     if (o.stream !== undefined) request.stream = o.stream;
     if (o.streamPrefix !== undefined) request.streamPrefix = o.streamPrefix;
     if (Object.keys(o.where).length) request.where = o.where;
@@ -1026,6 +1032,13 @@ function checkOptions(options, defaultReconnect, defaultToken) {
       `flightdeck: types must be an event type or an array of event types (non-empty strings without commas), got ${describe(options.types)}`,
     );
   }
+  let sites = options.sites ?? [];
+  if (typeof sites === 'string') sites = [sites];
+  if (!Array.isArray(sites) || sites.some((s) => typeof s !== 'string' || !SITE.test(s))) {
+    throw new TypeError(
+      `flightdeck: sites must be a site id or an array of them (1 to 64 of A-Z, a-z, 0-9, _ and -), got ${describe(options.sites)}`,
+    );
+  }
   for (const name of ['stream', 'streamPrefix']) {
     const value = options[name];
     if (value !== undefined && (typeof value !== 'string' || value === '')) {
@@ -1083,6 +1096,7 @@ function checkOptions(options, defaultReconnect, defaultToken) {
   }
   return {
     types: types.map((t) => t.trim()),
+    sites: [...sites],
     stream: options.stream,
     streamPrefix: options.streamPrefix,
     where: { ...where },

@@ -13,6 +13,11 @@
 # query parsers are fuzzed in-process instead (fuzz/, target sse_query) and their 400s are tested in
 # tests/http.rs. The WebSocket route is included: schemathesis sends plain GETs, which must be
 # refused with a JSON 400.
+#
+# The server runs as users run it, with tokens required: schemathesis sends a token for every site
+# that subscribes and publishes (`flightdeck token create` on the same data directory) as
+# `Authorization: Bearer`, and its `ignored_auth` check holds the protected routes to a 401
+# without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,6 +76,7 @@ for _ in $(seq 1 600); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/readyz")" = 200 ] && break
     sleep 0.1
 done
+token="$(env -u DATABASE_URL "$binary" token create --data-dir "$scratch/data" --site '*' --subscribe --publish --ttl 1h)"
 echo "api-fuzz: schemathesis against $base (seed $seed, at most $examples examples per operation, ${seconds}s)" >&2
 
 # Every check but positive_data_acceptance ("a request the description allows is accepted"): the
@@ -92,6 +98,7 @@ config="$PWD/tests/api/schemathesis.toml"
 status=0
 (cd "$scratch" && "$schemathesis" --config-file "$config" run "$base/api/openapi.json" \
     "${checks[@]}" \
+    -H "Authorization: Bearer $token" \
     --exclude-operation-id streamEvents --exclude-operation-id statsStream \
     --max-examples "$examples" --max-time "$seconds" --seed "$seed" \
     --workers 1 --request-timeout 10 --suppress-health-check all \

@@ -58,7 +58,7 @@ async fn take(sub: &mut Subscription, n: usize) -> Vec<flightdeck::store::Record
 }
 
 async fn append(bus: &Bus, stream: &str, ty: &str, data: serde_json::Value) {
-    bus.append(stream, ExpectedVersion::Any, &[NewEvent::new(ty, data)]).await.unwrap();
+    bus.append("default", stream, ExpectedVersion::Any, &[NewEvent::new(ty, data)]).await.unwrap();
 }
 
 #[tokio::test]

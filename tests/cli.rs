@@ -14,7 +14,10 @@ fn every_command_has_help() {
         (vec!["--help"], vec!["serve", "migrate", "append", "read", "DATABASE_URL", "FLIGHTDECK_DATA_DIR"]),
         (vec!["serve", "--help"], vec!["--addr", "FLIGHTDECK_ADDR", "127.0.0.1:8080"]),
         (vec!["migrate", "--help"], vec!["migrations"]),
-        (vec!["append", "--help"], vec!["<STREAM>", "<TYPE>", "<DATA>", "--metadata", "--expected-version", "--id"]),
+        (
+            vec!["append", "--help"],
+            vec!["<STREAM>", "<TYPE>", "<DATA>", "--metadata", "--expected-version", "--id", "--site"],
+        ),
         (vec!["read", "--help"], vec!["[STREAM]", "--from-version", "--after", "--limit"]),
         (vec!["bench", "append", "--help"], vec!["--writers", "--batch", "--seconds"]),
     ];
@@ -39,6 +42,12 @@ async fn append_and_read_through_database_url() {
     let first: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(first["version"], 1);
     assert_eq!(first["stream"], "cart-1");
+    assert_eq!(first["site"], "default", "no --site: the default site");
+
+    let out = append(&["shop-cart", "ItemAdded", "{}", "--site", "shop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shop: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(shop["site"], "shop");
 
     let id = uuid::Uuid::now_v7().to_string();
     let out = append(&["cart-1", "ItemAdded", r#"{"sku":"b"}"#, "--expected-version", "1", "--id", &id]);
@@ -57,6 +66,9 @@ async fn append_and_read_through_database_url() {
         (vec!["cart-1", "X", "{}", "--id", "nope"], "--id is not a UUID"),
         (vec!["", "X", "{}"], "stream id is empty"),
         (vec!["cart-1", "X", "{\"a\":\"\\u0000\"}"], "\\u0000"),
+        (vec!["shop-cart", "X", "{}"], "belongs to site \"shop\", not \"default\""),
+        (vec!["shop-cart", "X", "{}", "--site", "blog"], "belongs to site \"shop\", not \"blog\""),
+        (vec!["new", "X", "{}", "--site", "a b"], "site \"a b\" must be 1 to 64"),
     ];
     for (args, want) in bad {
         let out = append(&args);
@@ -71,6 +83,11 @@ async fn append_and_read_through_database_url() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["metadata"]["correlationId"], "c1");
     assert_eq!(lines[1]["id"], id.as_str());
+    assert!(lines.iter().all(|l| l["site"] == "default"), "read prints the site");
+    let out = run(flightdeck().env("DATABASE_URL", &url).args(["read", "shop-cart"]));
+    let shop_lines: Vec<Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(shop_lines.len(), 1, "the refused appends stored nothing");
+    assert_eq!(shop_lines[0]["site"], "shop");
 
     let last: flightdeck::store::Position = lines[1]["position"].as_str().unwrap().parse().unwrap();
     common::settle(&db.store, last).await;
@@ -78,7 +95,7 @@ async fn append_and_read_through_database_url() {
     assert_eq!(stdout(&out).lines().count(), 1);
     let out =
         run(flightdeck().env("DATABASE_URL", &url).args(["read", "--after", first["position"].as_str().unwrap()]));
-    assert_eq!(stdout(&out).lines().count(), 1);
+    assert_eq!(stdout(&out).lines().count(), 2, "shop-cart's event and cart-1's second");
     let out = run(flightdeck().env("DATABASE_URL", &url).args(["read", "--after", "yesterday"]));
     assert!(stderr(&out).contains("malformed position"), "{}", stderr(&out));
 }

@@ -18,6 +18,7 @@ async fn appends_and_reads_back_every_field() {
     let out = db
         .store
         .append(
+            "default",
             "order-1",
             ExpectedVersion::NoStream,
             &[ev("OrderPlaced", 1).with_metadata(meta.clone()).unwrap(), ev("OrderPaid", 2)],
@@ -56,7 +57,7 @@ async fn appends_and_reads_back_every_field() {
 async fn expected_version_is_checked_atomically() {
     let db = common::test_db().await;
     let s = &db.store;
-    s.append("acct", ExpectedVersion::Any, &[ev("Opened", 0)]).await.unwrap();
+    s.append("default", "acct", ExpectedVersion::Any, &[ev("Opened", 0)]).await.unwrap();
     // Data-driven: (expected, Ok(version of the new event) or Err(actual version)).
     let cases: Vec<(ExpectedVersion, Result<u64, u64>)> = vec![
         (ExpectedVersion::NoStream, Err(1)),
@@ -67,7 +68,7 @@ async fn expected_version_is_checked_atomically() {
         (ExpectedVersion::Exact(3), Ok(4)),
     ];
     for (i, (expected, want)) in cases.into_iter().enumerate() {
-        let got = s.append("acct", expected, &[ev("Step", i as i64)]).await;
+        let got = s.append("default", "acct", expected, &[ev("Step", i as i64)]).await;
         match (got, want) {
             (Ok(out), Ok(v)) => assert_eq!(out.events[0].version, v, "case {i}"),
             (Err(StoreError::Conflict { stream, expected: e, actual }), Err(a)) => {
@@ -76,7 +77,7 @@ async fn expected_version_is_checked_atomically() {
             (other, want) => panic!("case {i}: got {other:?}, want {want:?}"),
         }
     }
-    let err = s.append("acct", ExpectedVersion::Exact(9), &[ev("X", 0)]).await.unwrap_err();
+    let err = s.append("default", "acct", ExpectedVersion::Exact(9), &[ev("X", 0)]).await.unwrap_err();
     let last = s.read_stream("acct", 4, 1).await.unwrap()[0].position;
     common::settle(s, last).await;
     assert_eq!(err.to_string(), "stream \"acct\" is at version 4, but the append expected 9");
@@ -90,9 +91,9 @@ async fn retried_appends_are_idempotent() {
     let db = common::test_db().await;
     let s = &db.store;
     let batch = vec![ev("A", 1).with_id(Uuid::now_v7()), ev("B", 2).with_id(Uuid::now_v7())];
-    let first = s.append("cart", ExpectedVersion::NoStream, &batch).await.unwrap();
+    let first = s.append("default", "cart", ExpectedVersion::NoStream, &batch).await.unwrap();
     // The same request again, even with its original expected version, is a retry, not a conflict.
-    let again = s.append("cart", ExpectedVersion::NoStream, &batch).await.unwrap();
+    let again = s.append("default", "cart", ExpectedVersion::NoStream, &batch).await.unwrap();
     assert!(again.already_stored);
     assert_eq!(again.events, first.events);
     common::settle(s, first.events[1].position).await;
@@ -101,17 +102,17 @@ async fn retried_appends_are_idempotent() {
     // Same id, different content: an error naming the id, nothing written.
     let mut changed = batch.clone();
     changed[1].data = json!({"n": 3});
-    let err = s.append("cart", ExpectedVersion::Any, &changed).await.unwrap_err();
+    let err = s.append("default", "cart", ExpectedVersion::Any, &changed).await.unwrap_err();
     assert!(
         matches!(err, StoreError::IdReused(id) if id == batch[0].id.unwrap() || id == batch[1].id.unwrap()),
         "{err}"
     );
     // Same id in another stream: also an error.
-    let err = s.append("other", ExpectedVersion::Any, &batch[..1]).await.unwrap_err();
+    let err = s.append("default", "other", ExpectedVersion::Any, &batch[..1]).await.unwrap_err();
     assert!(matches!(err, StoreError::IdReused(_)), "{err}");
     // Part of an earlier batch plus a new event: an error.
     let mixed = vec![batch[0].clone(), ev("C", 3).with_id(Uuid::now_v7())];
-    assert!(matches!(s.append("cart", ExpectedVersion::Any, &mixed).await, Err(StoreError::IdReused(_))));
+    assert!(matches!(s.append("default", "cart", ExpectedVersion::Any, &mixed).await, Err(StoreError::IdReused(_))));
     assert_eq!(s.read_all(Position::START, 100).await.unwrap().len(), 2);
 }
 
@@ -130,7 +131,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ("s", vec![NewEvent::new("A", json!("nul \u{0} inside"))], "\\u0000"),
     ];
     for (stream, events, want) in cases {
-        let err = s.append(stream, ExpectedVersion::Any, &events).await.unwrap_err();
+        let err = s.append("default", stream, ExpectedVersion::Any, &events).await.unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{stream:?}: {err:?}");
         assert!(err.to_string().contains(want), "{stream:?}: {err}");
     }
@@ -146,7 +147,9 @@ async fn reads_respect_from_and_limit() {
     let db = common::test_db().await;
     let s = &db.store;
     for i in 0..10 {
-        s.append(if i % 2 == 0 { "even" } else { "odd" }, ExpectedVersion::Any, &[ev("N", i)]).await.unwrap();
+        s.append("default", if i % 2 == 0 { "even" } else { "odd" }, ExpectedVersion::Any, &[ev("N", i)])
+            .await
+            .unwrap();
     }
     let last = s.read_stream("odd", 5, 1).await.unwrap()[0].position;
     common::settle(s, last).await;
@@ -179,13 +182,13 @@ async fn append_in_the_callers_transaction_commits_or_rolls_back_with_it() {
 
     let tx = client.transaction().await.unwrap();
     tx.execute("INSERT INTO app_orders VALUES (1)", &[]).await.unwrap();
-    append_in(&tx, "order-1", ExpectedVersion::NoStream, &[ev("OrderPlaced", 1)]).await.unwrap();
+    append_in(&tx, "default", "order-1", ExpectedVersion::NoStream, &[ev("OrderPlaced", 1)]).await.unwrap();
     tx.rollback().await.unwrap();
     assert!(db.store.read_stream("order-1", 1, 10).await.unwrap().is_empty());
 
     let tx = client.transaction().await.unwrap();
     tx.execute("INSERT INTO app_orders VALUES (2)", &[]).await.unwrap();
-    let out = append_in(&tx, "order-2", ExpectedVersion::NoStream, &[ev("OrderPlaced", 2)]).await.unwrap();
+    let out = append_in(&tx, "default", "order-2", ExpectedVersion::NoStream, &[ev("OrderPlaced", 2)]).await.unwrap();
     // Not visible to others before commit.
     assert!(db.store.read_event(out.events[0].id).await.unwrap().is_none());
     tx.commit().await.unwrap();
@@ -237,8 +240,11 @@ async fn the_sql_function_appends_in_any_transaction() {
 async fn large_events_are_stored_whole() {
     let db = common::test_db().await;
     let blob = "x".repeat(100 * 1024);
-    let out =
-        db.store.append("big", ExpectedVersion::Any, &[NewEvent::new("Big", json!({ "blob": blob }))]).await.unwrap();
+    let out = db
+        .store
+        .append("default", "big", ExpectedVersion::Any, &[NewEvent::new("Big", json!({ "blob": blob }))])
+        .await
+        .unwrap();
     let back = db.store.read_event(out.events[0].id).await.unwrap().unwrap();
     assert_eq!(back.data["blob"].as_str().unwrap().len(), 100 * 1024);
 }
@@ -266,16 +272,17 @@ async fn two_stores_appending_to_one_stream_never_collide_or_skip_versions() {
     let other = flightdeck::store::Store::new(db.config.clone(), 4).unwrap();
     let stores = [&db.store, &other];
     for i in 0..20usize {
-        let out = stores[i % 3 % 2].append("shared", ExpectedVersion::Any, &[ev("E", i as i64)]).await.unwrap();
+        let out =
+            stores[i % 3 % 2].append("default", "shared", ExpectedVersion::Any, &[ev("E", i as i64)]).await.unwrap();
         assert_eq!(out.events[0].version, i as u64 + 1);
     }
     // A stale memory never makes an expected-version check pass wrongly…
-    db.store.append("shared", ExpectedVersion::Any, &[ev("E", 20)]).await.unwrap();
-    other.append("shared", ExpectedVersion::Any, &[ev("E", 21)]).await.unwrap();
-    let err = db.store.append("shared", ExpectedVersion::Exact(21), &[ev("E", 22)]).await.unwrap_err();
+    db.store.append("default", "shared", ExpectedVersion::Any, &[ev("E", 20)]).await.unwrap();
+    other.append("default", "shared", ExpectedVersion::Any, &[ev("E", 21)]).await.unwrap();
+    let err = db.store.append("default", "shared", ExpectedVersion::Exact(21), &[ev("E", 22)]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { actual: 22, .. }), "{err:?}");
     // …nor fail a right one.
-    db.store.append("shared", ExpectedVersion::Exact(22), &[ev("E", 22)]).await.unwrap();
+    db.store.append("default", "shared", ExpectedVersion::Exact(22), &[ev("E", 22)]).await.unwrap();
     let versions: Vec<u64> = db.store.read_stream("shared", 1, 100).await.unwrap().iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=23).collect::<Vec<_>>());
 }
@@ -295,7 +302,8 @@ async fn the_seed_style_append_notifies_the_whole_event_in_its_transaction() {
         }
     });
     client.batch_execute(&format!("LISTEN {}", flightdeck::store::SEED_CHANNEL)).await.unwrap();
-    let out = db.store.append_seed_style("seed", ExpectedVersion::Any, &[ev("PageViewed", 7)]).await.unwrap();
+    let out =
+        db.store.append_seed_style("default", "seed", ExpectedVersion::Any, &[ev("PageViewed", 7)]).await.unwrap();
     let payload = tokio::time::timeout(std::time::Duration::from_secs(10), notes.recv()).await.unwrap().unwrap();
     let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
     assert_eq!(payload["eventType"], "PageViewed");

@@ -23,9 +23,12 @@ async fn start(db: &common::TestDb) -> (GroupCommit, CancellationToken, TaskTrac
 async fn concurrent_appends_share_transactions_and_each_keeps_its_outcome() {
     let db = common::test_db().await;
     let (group, shutdown, tasks) = start(&db).await;
-    db.store.append("taken", ExpectedVersion::Any, &[NewEvent::new("Seed", json!(0))]).await.unwrap();
+    db.store.append("default", "taken", ExpectedVersion::Any, &[NewEvent::new("Seed", json!(0))]).await.unwrap();
     let reused = Uuid::now_v7();
-    db.store.append("owner", ExpectedVersion::Any, &[NewEvent::new("Seed", json!(0)).with_id(reused)]).await.unwrap();
+    db.store
+        .append("default", "owner", ExpectedVersion::Any, &[NewEvent::new("Seed", json!(0)).with_id(reused)])
+        .await
+        .unwrap();
 
     for round in 0..3 {
         let barrier = Arc::new(Barrier::new(64));
@@ -37,15 +40,25 @@ async fn concurrent_appends_share_transactions_and_each_keeps_its_outcome() {
                     barrier.wait().await;
                     match i {
                         // A wrong expected version and a reused id, among 62 good appends.
-                        0 => group.append("taken", ExpectedVersion::NoStream, &[NewEvent::new("X", json!(i))]).await,
+                        0 => {
+                            group
+                                .append("default", "taken", ExpectedVersion::NoStream, &[NewEvent::new("X", json!(i))])
+                                .await
+                        }
                         1 => {
                             group
-                                .append("thief", ExpectedVersion::Any, &[NewEvent::new("X", json!(i)).with_id(reused)])
+                                .append(
+                                    "default",
+                                    "thief",
+                                    ExpectedVersion::Any,
+                                    &[NewEvent::new("X", json!(i)).with_id(reused)],
+                                )
                                 .await
                         }
                         _ => {
                             group
                                 .append(
+                                    "default",
                                     &format!("r{round}-s{i}"),
                                     ExpectedVersion::NoStream,
                                     &[NewEvent::new("Ok", json!(i))],
@@ -84,9 +97,9 @@ async fn grouped_appends_to_one_stream_keep_versions_dense_and_in_log_order() {
     let handles: Vec<_> = (0..200)
         .map(|i| {
             let group = group.clone();
-            tokio::spawn(
-                async move { group.append("hot", ExpectedVersion::Any, &[NewEvent::new("E", json!(i))]).await },
-            )
+            tokio::spawn(async move {
+                group.append("default", "hot", ExpectedVersion::Any, &[NewEvent::new("E", json!(i))]).await
+            })
         })
         .collect();
     for handle in handles {
@@ -101,5 +114,5 @@ async fn grouped_appends_to_one_stream_keep_versions_dense_and_in_log_order() {
     tasks.close();
     tasks.wait().await;
     // After shutdown, appends still work (straight to the store).
-    group.append("late", ExpectedVersion::Any, &[NewEvent::new("E", json!(1))]).await.unwrap();
+    group.append("default", "late", ExpectedVersion::Any, &[NewEvent::new("E", json!(1))]).await.unwrap();
 }

@@ -22,10 +22,10 @@ async fn an_earlier_transaction_committing_later_is_never_skipped() {
 
     // A starts first and takes the lower xid and sequence number, then waits.
     let tx_a = a.transaction().await.unwrap();
-    let out_a = append_in(&tx_a, "a", ExpectedVersion::Any, &[NewEvent::new("A", json!(1))]).await.unwrap();
+    let out_a = append_in(&tx_a, "default", "a", ExpectedVersion::Any, &[NewEvent::new("A", json!(1))]).await.unwrap();
     // B starts later and commits first: the naive design's reader would see B and skip A forever.
     let tx_b = b.transaction().await.unwrap();
-    let out_b = append_in(&tx_b, "b", ExpectedVersion::Any, &[NewEvent::new("B", json!(2))]).await.unwrap();
+    let out_b = append_in(&tx_b, "default", "b", ExpectedVersion::Any, &[NewEvent::new("B", json!(2))]).await.unwrap();
     tx_b.commit().await.unwrap();
     assert!(out_a.events[0].position < out_b.events[0].position, "A is ordered first");
 
@@ -51,20 +51,22 @@ async fn a_rolled_back_append_leaves_no_trace_and_does_not_block_readers() {
     let db = common::test_db().await;
     let mut a = db.connect().await;
     let tx = a.transaction().await.unwrap();
-    append_in(&tx, "s", ExpectedVersion::Any, &[NewEvent::new("Gone", json!(1))]).await.unwrap();
+    append_in(&tx, "default", "s", ExpectedVersion::Any, &[NewEvent::new("Gone", json!(1))]).await.unwrap();
     // Another stream's append is not held up by the open transaction's stream lock…
-    let other = db.store.append("t", ExpectedVersion::Any, &[NewEvent::new("Other", json!(2))]).await.unwrap();
+    let other =
+        db.store.append("default", "t", ExpectedVersion::Any, &[NewEvent::new("Other", json!(2))]).await.unwrap();
     // …but readers wait for the open transaction to end before passing its position.
     assert!(db.store.read_all(Position::START, 10).await.unwrap().is_empty());
     tx.rollback().await.unwrap();
     common::settle(&db.store, other.events[0].position).await;
-    let kept = db.store.append("t", ExpectedVersion::Any, &[NewEvent::new("Kept", json!(3))]).await.unwrap();
+    let kept = db.store.append("default", "t", ExpectedVersion::Any, &[NewEvent::new("Kept", json!(3))]).await.unwrap();
     common::settle(&db.store, kept.events[0].position).await;
     let types: Vec<String> =
         db.store.read_all(Position::START, 10).await.unwrap().into_iter().map(|e| e.event_type).collect();
     assert_eq!(types, vec!["Other", "Kept"]);
     // The rolled-back append left no version behind: the stream starts at 1.
-    let s = db.store.append("s", ExpectedVersion::NoStream, &[NewEvent::new("First", json!(4))]).await.unwrap();
+    let s =
+        db.store.append("default", "s", ExpectedVersion::NoStream, &[NewEvent::new("First", json!(4))]).await.unwrap();
     assert_eq!(s.events[0].version, 1);
 }
 
@@ -76,14 +78,14 @@ async fn stream_version_order_matches_log_order() {
     let tx = early.transaction().await.unwrap();
     tx.query("SELECT pg_current_xact_id()", &[]).await.unwrap();
     // …meanwhile a younger transaction appends version 1 and commits.
-    let v1 = db.store.append("s", ExpectedVersion::Any, &[NewEvent::new("V1", json!(1))]).await.unwrap();
+    let v1 = db.store.append("default", "s", ExpectedVersion::Any, &[NewEvent::new("V1", json!(1))]).await.unwrap();
     // Appending version 2 now would order it before version 1 in the log: refused, retryable.
-    let err = append_in(&tx, "s", ExpectedVersion::Any, &[NewEvent::new("V2", json!(2))]).await.unwrap_err();
+    let err = append_in(&tx, "default", "s", ExpectedVersion::Any, &[NewEvent::new("V2", json!(2))]).await.unwrap_err();
     assert!(matches!(err, StoreError::Retry), "{err:?}");
     tx.rollback().await.unwrap();
     // The retry, in a new transaction, lands after version 1.
     let tx = early.transaction().await.unwrap();
-    let v2 = append_in(&tx, "s", ExpectedVersion::Any, &[NewEvent::new("V2", json!(2))]).await.unwrap();
+    let v2 = append_in(&tx, "default", "s", ExpectedVersion::Any, &[NewEvent::new("V2", json!(2))]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(v2.events[0].version, 2);
     assert!(v2.events[0].position > v1.events[0].position);
@@ -97,7 +99,10 @@ async fn concurrent_appends_to_one_stream_get_distinct_versions() {
             let store = db.store.clone();
             tokio::spawn(async move {
                 for j in 0..20 {
-                    store.append("hot", ExpectedVersion::Any, &[NewEvent::new("E", json!([i, j]))]).await.unwrap();
+                    store
+                        .append("default", "hot", ExpectedVersion::Any, &[NewEvent::new("E", json!([i, j]))])
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -165,7 +170,7 @@ async fn stress_reader_sees_every_event_once_in_the_final_order() {
                         .collect();
                     let stream = format!("writer-{w}");
                     let tx = client.transaction().await.unwrap();
-                    let out = append_in(&tx, &stream, ExpectedVersion::Any, &events).await.unwrap();
+                    let out = append_in(&tx, "default", &stream, ExpectedVersion::Any, &events).await.unwrap();
                     if hold {
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                     }

@@ -342,7 +342,7 @@ async fn flood(bus: &Bus, range: std::ops::Range<i64>) -> Position {
     let mut last = Position::START;
     for chunk in range.collect::<Vec<_>>().chunks(8) {
         let batch: Vec<NewEvent> = chunk.iter().map(|n| NewEvent::new("E", json!({"n": n, "pad": pad}))).collect();
-        let out = bus.append("flood", ExpectedVersion::Any, &batch).await.unwrap();
+        let out = bus.append("default", "flood", ExpectedVersion::Any, &batch).await.unwrap();
         last = out.events.iter().map(|e| e.position).max().unwrap();
     }
     last

@@ -62,6 +62,7 @@ fn event(data: Value) -> RecordedEvent {
         id: uuid::Uuid::nil(),
         position: Position::START,
         stream: "s".into(),
+        site: "default".into(),
         version: 1,
         event_type: "T".into(),
         data,

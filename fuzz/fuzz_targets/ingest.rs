@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use flightdeck::http::fuzzing;
-use flightdeck::store::{NewEvent, validate_name};
+use flightdeck::store::{NewEvent, validate_name, validate_site};
 use flightdeck::tracker::{self, MAX_EVENTS, STREAM_PREFIX, TrackType};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -21,8 +21,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else { return };
     if selector % 2 == 0 {
         match fuzzing::ingest_body(body) {
-            Ok((stream, _expected, events)) => {
+            Ok(fuzzing::IngestRequest { site, stream, events, .. }) => {
                 assert!(validate_name("stream id", &stream).is_ok());
+                assert!(validate_site(&site).is_ok());
                 assert!(!events.is_empty());
                 let mut ids = HashSet::new();
                 for event in &events {

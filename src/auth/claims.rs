@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::RecordedEvent;
+
 /// What a token allows. A token carries one or more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +97,19 @@ impl Scope {
     /// Whether nothing is restricted (lets hot paths skip the per-event check).
     pub fn is_everything(&self) -> bool {
         self.sites.is_none() && self.types.is_none() && self.streams.is_none()
+    }
+
+    /// Whether the stored `event` is inside the scope: its site, type and stream. The one check
+    /// every read path (live delivery, replay, batches, reads by id and by stream) goes through,
+    /// so no path can forget a part of the scope.
+    pub fn permits(&self, event: &RecordedEvent) -> bool {
+        self.permits_parts(&event.site, &event.event_type, &event.stream)
+    }
+
+    /// The sites among `wanted` this scope covers: what a subscription that names sites is left
+    /// with (empty means it asked only for sites it may not see).
+    pub fn covered_sites<'a>(&self, wanted: &'a [String]) -> Vec<&'a String> {
+        wanted.iter().filter(|site| self.permits_site(site)).collect()
     }
 
     /// [`Scope::permits`] on the parts of an event (for writes, before it exists).

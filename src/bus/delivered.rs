@@ -75,6 +75,7 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             position: Position::START,
             stream: "s".into(),
+            site: "shop".into(),
             version: 1,
             event_type: "T".into(),
             data: serde_json::json!({"text": "two\nlines"}),
@@ -85,6 +86,8 @@ mod tests {
         let json = delivered.json().clone();
         assert!(!json.contains(&b'\n'), "a frame's data must stay on one line");
         let back: RecordedEvent = serde_json::from_slice(&json).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["site"], "shop", "the envelope names the site");
         assert_eq!(back, event);
         // The same allocation both times.
         assert_eq!(delivered.json().as_ptr(), json.as_ptr());

@@ -1,9 +1,12 @@
-//! Which events a subscriber wants: event types, a stream (exact or prefix), and equality tests on
-//! fields of the event's data. Applied in memory to live events and to replays alike, so both
+//! Which events a subscriber wants: event types, sites, a stream (exact or prefix), and equality
+//! tests on fields of the event's data. Applied in memory to live events and to replays alike, so both
 //! deliver exactly the same set.
+
+use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::auth::Scope;
 use crate::store::RecordedEvent;
 
 /// A subscription's filter. The empty filter matches everything; conditions are AND-ed.
@@ -11,6 +14,9 @@ use crate::store::RecordedEvent;
 pub struct Filter {
     /// Event types to deliver (any of them); empty means all types.
     pub types: Vec<String>,
+    /// Sites whose events to deliver (any of them); empty means every site. Tenancy is the
+    /// integrator's (a token's scope narrows this list); here it is a plain condition.
+    pub sites: Vec<String>,
     /// Only this stream.
     pub stream: Option<String>,
     /// Only streams starting with this prefix.
@@ -19,6 +25,10 @@ pub struct Filter {
     pub fields: Vec<FieldMatch>,
     /// Named channels (see [`super::Routing`]); empty means all.
     pub channels: Vec<String>,
+    /// What the subscriber's token covers (`None`: everything). Set by the server from the
+    /// caller's token ([`Filter::within`]), never from what the client asks for; checked with the
+    /// rest of the filter on every live and replayed event, so no path delivers past it.
+    pub scope: Option<Arc<Scope>>,
 }
 
 /// One equality test on the event's data.
@@ -82,9 +92,28 @@ fn data_path(path: &str) -> Option<Vec<String>> {
 }
 
 impl Filter {
+    /// This filter limited to `scope` (a no-op for a scope that covers everything, so open
+    /// servers pay nothing per event).
+    pub fn within(mut self, scope: &Arc<Scope>) -> Self {
+        self.scope = (!scope.is_everything()).then(|| scope.clone());
+        self
+    }
+
+    /// Why the filter can never match inside its scope, if it asks *only* for sites the scope does
+    /// not cover: the caller is told (403) rather than given a stream that stays silent.
+    pub fn outside_scope(&self) -> Option<String> {
+        let scope = self.scope.as_ref()?;
+        if self.sites.is_empty() || !scope.covered_sites(&self.sites).is_empty() {
+            return None;
+        }
+        Some(format!("the token does not cover the site(s) {}", self.sites.join(", ")))
+    }
+
     /// Whether `event` passes every condition.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        (self.types.is_empty() || self.types.contains(&event.event_type))
+        self.scope.as_ref().is_none_or(|scope| scope.permits(event))
+            && (self.types.is_empty() || self.types.contains(&event.event_type))
+            && (self.sites.is_empty() || self.sites.contains(&event.site))
             && self.stream.as_ref().is_none_or(|s| *s == event.stream)
             && self.stream_prefix.as_ref().is_none_or(|p| event.stream.starts_with(p.as_str()))
             && self.fields.iter().all(|f| f.matches(&event.data))
@@ -102,6 +131,7 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             position: crate::store::Position::START,
             stream: stream.into(),
+            site: "shop".into(),
             version: 1,
             event_type: ty.into(),
             data,
@@ -119,6 +149,8 @@ mod tests {
             stream_prefix: prefix.map(str::to_string),
             fields: fields.iter().map(|e| FieldMatch::parse(e).unwrap()).collect(),
             channels: Vec::new(),
+            sites: Vec::new(),
+            scope: None,
         };
         let cases = [
             (f(&[], None, None, &[]), true),
@@ -138,6 +170,34 @@ mod tests {
         for (i, (filter, want)) in cases.iter().enumerate() {
             assert_eq!(filter.matches(&home), *want, "case {i}: {filter:?}");
         }
+        let sites =
+            |sites: &[&str]| Filter { sites: sites.iter().map(|s| s.to_string()).collect(), ..Filter::default() };
+        assert!(sites(&["blog", "shop"]).matches(&home));
+        assert!(!sites(&["blog"]).matches(&home));
+        let narrowed = Filter { types: vec!["Other".into()], ..sites(&["shop"]) };
+        assert!(!narrowed.matches(&home), "conditions are AND-ed");
+    }
+
+    #[test]
+    fn the_scope_narrows_every_filter_and_a_filter_cannot_widen_it() {
+        let home = event("PageViewed", "session-1", json!({}));
+        let scope = |sites: Option<&[&str]>, types: Option<&[&str]>, streams: Option<&[&str]>| {
+            let list = |l: Option<&[&str]>| l.map(|l| l.iter().map(|s| s.to_string()).collect());
+            Arc::new(Scope { sites: list(sites), types: list(types), streams: list(streams) })
+        };
+        let open = Filter::default();
+        assert!(open.clone().within(&scope(Some(&["shop"]), None, None)).matches(&home));
+        assert!(!open.clone().within(&scope(Some(&["blog"]), None, None)).matches(&home));
+        assert!(!open.clone().within(&scope(None, Some(&["Other"]), None)).matches(&home));
+        assert!(!open.clone().within(&scope(None, None, Some(&["orders-"]))).matches(&home));
+        assert!(open.clone().within(&scope(None, None, Some(&["session-"]))).matches(&home));
+        assert_eq!(open.clone().within(&Arc::new(Scope::everything())).scope, None, "no per-event cost when open");
+        // Asking for a site outside the scope neither widens it nor stays silent.
+        let asks = Filter { sites: vec!["shop".into(), "blog".into()], ..Filter::default() };
+        let blog_only = asks.clone().within(&scope(Some(&["blog"]), None, None));
+        assert!(!blog_only.matches(&home) && blog_only.outside_scope().is_none());
+        let other = Filter { sites: vec!["shop".into()], ..Filter::default() }.within(&scope(Some(&["x"]), None, None));
+        assert!(other.outside_scope().unwrap().contains("shop"));
     }
 
     #[test]

@@ -217,17 +217,18 @@ impl Bus {
         Ok(Bus { shared })
     }
 
-    /// Appends through the store, then wakes this process's subscribers at once and tells other
-    /// processes (coalesced): the append itself pays no NOTIFY.
+    /// Appends to `stream` of `site` through the store, then wakes this process's subscribers at
+    /// once and tells other processes (coalesced): the append itself pays no NOTIFY.
     pub async fn append(
         &self,
+        site: &str,
         stream: &str,
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
         let out = match self.shared.options.append_mode {
-            AppendMode::Grouped => self.shared.committer.append(stream, expected, events).await?,
-            AppendMode::Seed => self.shared.store.append_seed_style(stream, expected, events).await?,
+            AppendMode::Grouped => self.shared.committer.append(site, stream, expected, events).await?,
+            AppendMode::Seed => self.shared.store.append_seed_style(site, stream, expected, events).await?,
         };
         if !out.already_stored {
             self.shared.stats.appended.fetch_add(out.events.len() as u64, Ordering::Relaxed);

@@ -152,6 +152,10 @@ pub struct LimitArgs {
     /// Open streams per client address: SSE, WebSocket and stats streams together (0: no limit).
     #[arg(long, env = "FLIGHTDECK_MAX_STREAMS", default_value_t = crate::http::LimitsConfig::STREAMS)]
     pub max_streams: u32,
+    /// Open streams per token, from any address: SSE, WebSocket and stats streams together (0: no
+    /// limit).
+    #[arg(long, env = "FLIGHTDECK_MAX_STREAMS_PER_TOKEN", default_value_t = crate::http::LimitsConfig::STREAMS_PER_TOKEN)]
+    pub max_streams_per_token: u32,
     /// Most entries in each filter list (types, channels, where) of one subscription.
     #[arg(long, env = "FLIGHTDECK_MAX_FILTERS", default_value_t = crate::http::LimitsConfig::FILTERS)]
     pub max_filters: usize,
@@ -204,6 +208,10 @@ pub struct AppendArgs {
     /// The event's id (a UUID); appending the same id and content again stores nothing new.
     #[arg(long)]
     pub id: Option<String>,
+    /// The site (tenant) the stream belongs to: 1 to 64 of A-Z, a-z, 0-9, _ and -. A stream's
+    /// first event fixes its site; appending to it under another site is refused.
+    #[arg(long, default_value = crate::store::DEFAULT_SITE)]
+    pub site: String,
 }
 
 /// `flightdeck read`.

@@ -58,8 +58,10 @@ pub(super) async fn append(args: &DatabaseArgs, append: &AppendArgs) -> Result<(
     }
     let expected: ExpectedVersion =
         append.expected_version.parse().map_err(|e| CliError::Usage(format!("--expected-version: {e}")))?;
-    let out =
-        with_database(args, 1, true, async |db| Ok(db.store.append(&append.stream, expected, &[event]).await?)).await?;
+    let out = with_database(args, 1, true, async |db| {
+        Ok(db.store.append(&append.site, &append.stream, expected, &[event]).await?)
+    })
+    .await?;
     let mut stdout = std::io::stdout().lock();
     for event in &out.events {
         serde_json::to_writer(&mut stdout, event).map_err(std::io::Error::other)?;

@@ -116,6 +116,7 @@ fn limits(args: &LimitArgs) -> Result<(LimitsConfig, WsConfig), CliError> {
         ingest_per_address: Rate::new(args.ingest_rate, args.ingest_burst),
         track_per_site: Rate::new(args.site_rate, args.site_burst),
         streams_per_address: Some(args.max_streams).filter(|n| *n > 0),
+        streams_per_token: Some(args.max_streams_per_token).filter(|n| *n > 0),
         max_filters: args.max_filters,
         max_track_body: args.max_track_body,
         exempt,

@@ -65,6 +65,8 @@ fn parse(args: &TailArgs) -> Result<(Filter, Start), CliError> {
         stream_prefix: args.stream_prefix.clone(),
         fields,
         channels: Vec::new(),
+        sites: Vec::new(),
+        scope: None,
     };
     let start = match args.from.as_str() {
         "now" => Start::Now,
@@ -230,6 +232,7 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             position: Position { xid: 1000, seq: 7 },
             stream: "s-1".into(),
+            site: "default".into(),
             version: 3,
             event_type: "A".into(),
             data: json!({"k": 1, "t": "x"}),

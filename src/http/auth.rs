@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::auth::{Action, Auth, AuthError, Claims, SESSION_TTL, Scope};
+use crate::bus::Filter;
 
 use super::{ApiError, AppState};
 
@@ -45,16 +46,29 @@ pub struct Access {
     /// The token's expiry (seconds since the epoch); `None` with authentication off.
     expires: Option<i64>,
     via: Via,
+    /// What identifies the token for the per-token stream limit; `None` with authentication off.
+    key: Option<Arc<str>>,
 }
 
 impl Access {
     /// Everything, forever (authentication off).
     pub fn open() -> Self {
-        Access { scope: Arc::new(Scope::everything()), expires: None, via: Via::Open }
+        Access { scope: Arc::new(Scope::everything()), expires: None, via: Via::Open, key: None }
     }
 
     fn from_claims(claims: &Claims, via: Via) -> Self {
-        Access { scope: Arc::new(claims.scope()), expires: Some(claims.exp), via }
+        // `jti` when the token has one (FlightDeck's do); otherwise subject and issue time, which
+        // tell apart the tokens one issuer hands out.
+        let key = match &claims.jti {
+            Some(jti) => format!("jti:{jti}"),
+            None => format!("sub:{}:iat:{}", claims.sub.as_deref().unwrap_or(""), claims.iat),
+        };
+        Access { scope: Arc::new(claims.scope()), expires: Some(claims.exp), via, key: Some(key.into()) }
+    }
+
+    /// The token's identity for the per-token stream limit (`None`: authentication off).
+    pub fn token_key(&self) -> Option<&Arc<str>> {
+        self.key.as_ref()
     }
 
     /// The events this request may see or write.
@@ -69,9 +83,10 @@ impl Access {
 
     /// When the token expires, as a Tokio instant: a stream opened with it must end then.
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
-        let exp = self.expires?;
-        let left = exp.saturating_sub(chrono::Utc::now().timestamp()).max(0);
-        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+        let exp_ms = self.expires?.saturating_mul(1000);
+        // Milliseconds, so a stream does not end up to a second before its token expires.
+        let left = exp_ms.saturating_sub(chrono::Utc::now().timestamp_millis()).max(0);
+        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0)))
     }
 
     /// Establishes what the request in `parts` may do for `action`.
@@ -100,6 +115,34 @@ impl Access {
     }
 }
 
+/// `filter` limited to what `access` may see; a 403 when it asks only for sites the token does
+/// not cover (a stream that could never carry anything is refused rather than left silent).
+pub(crate) fn scoped(filter: Filter, access: &Access) -> Result<Filter, ApiError> {
+    let filter = filter.within(access.scope());
+    match filter.outside_scope() {
+        Some(why) => Err(forbidden(why)),
+        None => Ok(filter),
+    }
+}
+
+/// Resolves at the token's expiry, or never (authentication off). Streams select on it next to
+/// their other wake-ups: one timer per stream, no clock read per event.
+pub(crate) async fn expiry(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a client is told when its token expires mid-stream.
+pub(crate) const TOKEN_EXPIRED_MESSAGE: &str = "the token has expired: reconnect with a fresh token";
+
+/// The last frame of an SSE stream whose token expired (a named event, so `onmessage` never sees
+/// it; the JavaScript client listens for `token-expired`).
+pub(crate) fn token_expired_sse() -> String {
+    format!("event: token-expired\ndata: {{\"code\":\"token_expired\",\"message\":\"{TOKEN_EXPIRED_MESSAGE}\"}}\n\n")
+}
+
 /// A request allowed to read (subscribe, read events and streams, stats).
 #[derive(Debug, Clone)]
 pub struct Subscriber(pub Access);
@@ -111,8 +154,12 @@ pub struct Publisher(pub Access);
 impl FromRequestParts<AppState> for Subscriber {
     type Rejection = ApiError;
 
+    /// Also leaves the [`Access`] in the request's extensions, where the stream limit
+    /// (`limits::StreamPermit`, extracted after it) finds the token to count the stream against.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Access::check(parts, &state.auth, Action::Subscribe).map(Subscriber)
+        let access = Access::check(parts, &state.auth, Action::Subscribe)?;
+        parts.extensions.insert(access.clone());
+        Ok(Subscriber(access))
     }
 }
 

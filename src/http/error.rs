@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::store::StoreError;
+use crate::store::{StoreError, ValidationError};
 
 /// An API error: status, stable machine-readable code, and a message a person can act on.
 #[derive(Debug, Clone)]
@@ -34,9 +34,11 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         let (status, code) = match &err {
+            StoreError::Invalid(ValidationError::Site(_)) => (StatusCode::BAD_REQUEST, "invalid_site"),
             StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
             StoreError::Position(_) => (StatusCode::BAD_REQUEST, "invalid_position"),
             StoreError::Conflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
+            StoreError::SiteMismatch { .. } => (StatusCode::CONFLICT, "stream_site_mismatch"),
             StoreError::IdReused(_) => (StatusCode::CONFLICT, "id_reused"),
             StoreError::Retry | StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             StoreError::SchemaTooNew { .. } | StoreError::Database(_) => {

@@ -5,7 +5,9 @@
 //! does with its input before anything touches the store.
 
 use crate::bus::{Batching, Filter, Start};
-use crate::store::{ExpectedVersion, NewEvent, validate_append};
+use crate::store::validate_append;
+
+pub use super::ingest::IngestRequest;
 
 use super::ApiError;
 
@@ -22,11 +24,11 @@ pub fn ws_frame(text: &str) -> Result<Option<Filter>, (&'static str, String)> {
 }
 
 /// A `POST /api/events` body, parsed and then checked as the store checks an append before it
-/// writes: `(stream, expected version, events)` or the 400 the client gets.
-pub fn ingest_body(body: &[u8]) -> Result<(String, ExpectedVersion, Vec<NewEvent>), ApiError> {
-    let (stream, expected, events) = super::ingest::parse_body(body)?;
-    validate_append(&stream, &events).map_err(crate::store::StoreError::Invalid)?;
-    Ok((stream, expected, events))
+/// writes: the append, or the 400 the client gets.
+pub fn ingest_body(body: &[u8]) -> Result<IngestRequest, ApiError> {
+    let request = super::ingest::parse_body(body)?;
+    validate_append(&request.site, &request.stream, &request.events).map_err(crate::store::StoreError::Invalid)?;
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -74,7 +76,7 @@ mod tests {
             let read: Value = serde_json::from_str(&spelled).unwrap();
             assert_eq!(read.as_f64(), Some(value), "{spelled}");
         }
-        let (_, _, events) =
+        let IngestRequest { events, .. } =
             ingest_body(br#"{"stream":"n","type":"T","data":[1.7976931348623157e308,-2.0486909788123228e-120]}"#)
                 .unwrap();
         assert_eq!(events[0].data, json!([f64::MAX, -2.048_690_978_812_323e-120]));

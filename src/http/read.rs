@@ -1,4 +1,9 @@
 //! `GET /api/events/{id}` and `GET /api/streams/{stream}`.
+//!
+//! Both need a subscribe token and answer only inside its scope. What is outside it is answered
+//! exactly like what does not exist (an event: 404 with the same message; a stream: 200 with no
+//! events, the answer for any unknown stream), so a token for one site cannot learn whether an id
+//! or a stream exists in another.
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -10,6 +15,7 @@ use uuid::Uuid;
 
 use crate::store::{RecordedEvent, validate_name};
 
+use super::auth::Subscriber;
 use super::{ApiError, AppState};
 
 /// Most events one stream read returns.
@@ -17,6 +23,7 @@ const MAX_LIMIT: u32 = 1000;
 
 pub(super) async fn event(
     State(state): State<AppState>,
+    Subscriber(access): Subscriber,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RecordedEvent>, ApiError> {
     let Path(id) = id.map_err(path_error)?;
@@ -27,8 +34,8 @@ pub(super) async fn event(
         )
     })?;
     match state.store.read_event(id).await? {
-        Some(event) => Ok(Json(event)),
-        None => Err(ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: format!("no event {id}") }),
+        Some(event) if access.scope().permits(&event) => Ok(Json(event)),
+        _ => Err(ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: format!("no event {id}") }),
     }
 }
 
@@ -41,6 +48,7 @@ pub(super) struct StreamQuery {
 
 pub(super) async fn stream(
     State(state): State<AppState>,
+    Subscriber(access): Subscriber,
     stream: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -62,8 +70,24 @@ pub(super) async fn stream(
     if limit == 0 || limit > u64::from(MAX_LIMIT) {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_LIMIT}")));
     }
-    let events = state.store.read_stream(&stream, from, limit as u32).await?;
+    let scope = access.scope();
+    if !scope.permits_stream(&stream) {
+        return Ok(no_stream());
+    }
+    let mut events = state.store.read_stream(&stream, from, limit as u32).await?;
+    // A stream belongs to one site, so a token for another site finds no stream at all; a
+    // types-limited token gets the stream's events of its types (versions then have gaps).
+    if events.first().is_some_and(|first| !scope.permits_site(&first.site)) {
+        return Ok(no_stream());
+    }
+    events.retain(|event| scope.permits(event));
     Ok(Json(json!({ "events": events })))
+}
+
+/// What a stream outside the token's scope looks like: exactly the answer for a stream that does
+/// not exist (200, no events), so its existence does not leak.
+fn no_stream() -> Json<Value> {
+    Json(json!({ "events": [] }))
 }
 
 /// A path segment that cannot be read (not UTF-8 once percent-decoded), as a JSON 400.

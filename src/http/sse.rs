@@ -20,8 +20,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 
 use crate::bus::{Batching, Chunks, Delivered, FieldMatch, Filter, Start};
-use crate::store::Position;
+use crate::store::{Position, validate_site};
 
+use super::auth::{self, Subscriber};
 use super::limits::StreamPermit;
 use super::metrics::SubscriberGauge;
 use super::{ApiError, AppState};
@@ -42,14 +43,19 @@ pub(crate) struct SseQuery {
     pub batch: Option<Batching>,
 }
 
+/// The token is checked first (a 401/403 before any limit), then the stream limits; the
+/// subscription's filter is intersected with the token's scope, and the stream ends at the
+/// token's expiry with a last `token-expired` frame.
 pub(super) async fn stream(
     State(state): State<AppState>,
+    Subscriber(access): Subscriber,
     permit: StreamPermit,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let SseQuery { filter, mut start, batch } = parse_query(query.as_deref().unwrap_or(""))?;
     state.limits.check_filter(&filter).map_err(|message| ApiError::bad_request("too_many_filters", message))?;
+    let filter = auth::scoped(filter, &access)?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().unwrap_or_default().trim();
         if !text.is_empty() {
@@ -68,7 +74,7 @@ pub(super) async fn stream(
     };
     let gauge = SubscriberGauge::sse(bus);
     let chunks = bus.subscribe(filter, start).chunks(batch.unwrap_or(Batching::ready(MAX_WRITE)));
-    let body = Body::from_stream(frames(chunks, batch.is_some(), from, (gauge, permit)));
+    let body = Body::from_stream(frames(chunks, batch.is_some(), from, access.deadline(), (gauge, permit)));
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -82,22 +88,29 @@ struct BodyState {
     chunks: Chunks,
     batched: bool,
     keep_alive: tokio::time::Interval,
+    /// The token's expiry: the stream ends there.
+    deadline: Option<tokio::time::Instant>,
+    /// The `token-expired` frame has been sent: end.
+    expired: bool,
     /// Counted in the subscribers gauge and the client's stream limit for as long as the body lives.
     _gauge: (SubscriberGauge, StreamPermit),
 }
 
 /// The response body: the `retry:` hint with a `subscribed` event carrying the start position, then one write per chunk of events, and keep-alive
 /// comments in quiet times. Ends (so the client reconnects with `Last-Event-ID`) when the
-/// subscription lags or the server shuts down; dropping it (the client went away) unsubscribes.
+/// subscription lags or the server shuts down, and after a `token-expired` frame at the token's
+/// expiry (the client must reconnect with a fresh token); dropping it (the client went away)
+/// unsubscribes.
 fn frames(
     chunks: Chunks,
     batched: bool,
     from: Position,
+    deadline: Option<tokio::time::Instant>,
     gauge: (SubscriberGauge, StreamPermit),
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = BodyState { chunks, batched, keep_alive, _gauge: gauge };
+    let state = BodyState { chunks, batched, keep_alive, deadline, expired: false, _gauge: gauge };
     // A named event, so `onmessage` never sees it; its `id:` also makes a browser's own reconnect
     // resume from the start position.
     let hello = Bytes::from(format!(
@@ -105,7 +118,15 @@ fn frames(
         RETRY.as_millis()
     ));
     let rest = futures::stream::unfold(state, |mut state| async move {
+        if state.expired {
+            return None;
+        }
         let bytes = tokio::select! {
+            biased;
+            () = auth::expiry(state.deadline) => {
+                state.expired = true;
+                Bytes::from(auth::token_expired_sse())
+            }
             chunk = state.chunks.next() => match chunk? {
                 Ok(events) => render(&events, state.batched),
                 Err(err) => {
@@ -156,7 +177,7 @@ fn id_line(out: &mut BytesMut, event: &Delivered) {
     out.put_u8(b'\n');
 }
 
-/// Parses `types=A,B&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>&batch=N,T`.
+/// Parses `types=A,B&site=a,b&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>&batch=N,T`.
 pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request("invalid_query", format!("cannot read the query string: {e}")))?;
@@ -166,6 +187,12 @@ pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
     for (key, value) in pairs {
         match key.as_str() {
             "types" => filter.types.extend(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from)),
+            "site" => {
+                for site in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    validate_site(site).map_err(|e| ApiError::bad_request("invalid_site", format!("site: {e}")))?;
+                    filter.sites.push(site.to_string());
+                }
+            }
             "channels" => {
                 filter.channels.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from))
             }
@@ -186,11 +213,13 @@ pub(crate) fn parse_query(query: &str) -> Result<SseQuery, ApiError> {
                 }
             }
             "batch" => batch = Some(parse_batch(&value)?),
+            // The token (`auth.rs` reads it); never part of the filter.
+            "access_token" => {}
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",
                     format!(
-                        "unknown parameter {:?} (known: types, channels, stream, streamPrefix, where, from, batch)",
+                        "unknown parameter {:?} (known: types, site, channels, stream, streamPrefix, where, from, batch)",
                         clip(other)
                     ),
                 ));

@@ -6,6 +6,14 @@
 //! window slides and sessions stop being active even when nothing happens). It ends when the
 //! server shuts down (the projector's watch closes); the browser reconnects by itself. A live
 //! stream counts against its client's stream limit (`limits.rs`) while it lives.
+//!
+//! Both need a subscribe token. Stats are per site: `site` must be one the token covers (403);
+//! without `site`, a token for one site gets that site's stats, a token for several must name one
+//! (400 `site_required`: the projection sums all sites or one, not a chosen few), and only a token
+//! for every site (`*`) gets the sum over all. A token limited to event types or stream prefixes
+//! is refused (403): the counters mix every type and stream (sessions, pages) and cannot be split.
+//! The `sites` list only names sites the token covers. The live stream ends at the token's expiry
+//! with a last `token-expired` event.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -25,6 +33,7 @@ use crate::projections::{ProjectionError, Stats, StatsQuery};
 use crate::store::{Position, Store};
 use crate::tracker::is_token;
 
+use super::auth::{self, Access, Subscriber, forbidden};
 use super::limits::StreamPermit;
 use super::{ApiError, AppState};
 
@@ -55,9 +64,47 @@ impl From<ProjectionError> for ApiError {
 }
 
 /// `GET /api/stats?site=&from=&to=&top=`.
-async fn stats(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Stats>, ApiError> {
-    let query = parse(query.as_deref().unwrap_or(""), false, Utc::now())?.query;
-    Ok(Json(crate::projections::stats(&state.store, &query).await?))
+async fn stats(
+    State(state): State<AppState>,
+    Subscriber(access): Subscriber,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Stats>, ApiError> {
+    let mut query = parse(query.as_deref().unwrap_or(""), false, Utc::now())?.query;
+    within_scope(&mut query, &access)?;
+    let stats = crate::projections::stats(&state.store, &query).await?;
+    Ok(Json(visible(stats, &access)))
+}
+
+/// Limits `query` to what `access` may see (see the module docs), or refuses it.
+fn within_scope(query: &mut StatsQuery, access: &Access) -> Result<(), ApiError> {
+    let scope = access.scope();
+    if scope.types.is_some() || scope.streams.is_some() {
+        return Err(forbidden(
+            "stats count every event type and stream together: a token limited to event types or stream \
+             prefixes cannot read them; use a token for whole sites",
+        ));
+    }
+    match (&query.site, scope.sites.as_deref()) {
+        (_, None) => Ok(()),
+        (Some(site), Some(_)) if scope.permits_site(site) => Ok(()),
+        (Some(site), Some(_)) => Err(forbidden(format!("the token does not cover site {site:?}"))),
+        (None, Some(_)) => {
+            let only = scope.only_site().ok_or_else(|| {
+                ApiError::bad_request(
+                    "site_required",
+                    "the token covers several sites: ask for one with `site=` (stats sum one site or all of them)",
+                )
+            })?;
+            query.site = Some(only.to_string());
+            Ok(())
+        }
+    }
+}
+
+/// `stats` with the site list narrowed to the sites the token covers.
+fn visible(mut stats: Stats, access: &Access) -> Stats {
+    stats.sites.retain(|site| access.scope().permits_site(site));
+    stats
 }
 
 /// What a query string asks for.
@@ -81,6 +128,8 @@ fn parse(raw: &str, live: bool, now: DateTime<Utc>) -> Result<Parsed, ApiError> 
     };
     for (key, value) in pairs {
         match (key.as_str(), live) {
+            // The token (`auth.rs` reads it).
+            ("access_token", _) => {}
             ("site", _) if value.is_empty() => site = None,
             ("site", _) if is_token(&value) => site = Some(value),
             ("site", _) => return Err(bad(format!("site {value:?} is not a site id (1 to 64 of A-Z a-z 0-9 _ -)"))),
@@ -137,14 +186,39 @@ fn window_minutes(value: &str) -> Option<i64> {
 /// pushed as `data:` frames.
 async fn stream(
     State(state): State<AppState>,
+    Subscriber(access): Subscriber,
     permit: StreamPermit,
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let parsed = parse(query.as_deref().unwrap_or(""), true, Utc::now())?;
+    let mut parsed = parse(query.as_deref().unwrap_or(""), true, Utc::now())?;
+    within_scope(&mut parsed.query, &access)?;
     let changes = state.projections()?.watch();
-    let live = Live { store: state.store.clone(), parsed, changes, last_push: None, pushed: None, _permit: permit };
-    let events = futures::stream::unfold(live, |mut live| async move {
-        let event = live.next().await?;
+    let expires = access.deadline();
+    let live = Live {
+        store: state.store.clone(),
+        parsed,
+        changes,
+        last_push: None,
+        pushed: None,
+        access,
+        expired: false,
+        _permit: permit,
+    };
+    let events = futures::stream::unfold(live, move |mut live| async move {
+        if live.expired {
+            return None;
+        }
+        let event = tokio::select! {
+            biased;
+            () = auth::expiry(expires) => {
+                live.expired = true;
+                Event::default()
+                    .event("token-expired")
+                    .json_data(serde_json::json!({"code": "token_expired", "message": auth::TOKEN_EXPIRED_MESSAGE}))
+                    .ok()?
+            }
+            event = live.next() => event?,
+        };
         Some((Ok(event), live))
     });
     // A comment now and then keeps proxies from timing the stream out between pushes.
@@ -158,6 +232,10 @@ struct Live {
     last_push: Option<Instant>,
     /// What was pushed last, so an unchanged refresh is not sent twice.
     pushed: Option<Stats>,
+    /// The token's scope, for the site list.
+    access: Access,
+    /// The `token-expired` event has been sent: end.
+    expired: bool,
     /// Held while the stream lives.
     _permit: StreamPermit,
 }
@@ -187,6 +265,7 @@ impl Live {
                     return None;
                 }
             };
+            let stats = visible(stats, &self.access);
             if self.pushed.as_ref() == Some(&stats) {
                 continue;
             }

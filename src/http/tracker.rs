@@ -119,7 +119,7 @@ async fn append(state: &AppState, batch: TrackBatch) -> Result<(usize, usize), A
     let total = batch.events.len();
     let mut events = batch.events;
     for _ in 0..DEDUP_ROUNDS {
-        match bus.append(&stream, ExpectedVersion::Any, &events).await {
+        match bus.append(&batch.site, &stream, ExpectedVersion::Any, &events).await {
             // Every one stored already: a resend (or one racing with its first attempt).
             Ok(out) if out.already_stored => return Ok((0, total)),
             Ok(out) => return Ok((out.events.len(), total - out.events.len())),

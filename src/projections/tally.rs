@@ -137,6 +137,7 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             position: Position::START,
             stream: stream.into(),
+            site: "default".into(),
             version: 1,
             event_type: kind.into(),
             data,

@@ -24,6 +24,21 @@ pub enum StoreError {
         /// The stream's actual version (0: no events).
         actual: u64,
     },
+    /// The stream belongs to another site than the append names: a stream's site is fixed by its
+    /// first event. Nothing was written.
+    #[error(
+        "stream {:?} belongs to site {existing:?}, not {requested:?}: a stream's events all belong to one site; \
+         append to a stream of site {requested:?} instead",
+        clip(.stream)
+    )]
+    SiteMismatch {
+        /// The stream appended to.
+        stream: String,
+        /// The site its events belong to.
+        existing: String,
+        /// The site the append named.
+        requested: String,
+    },
     /// An event id reused for different content (or for a different append).
     #[error("event id {0} is already stored with different content or as part of another append")]
     IdReused(Uuid),
@@ -51,10 +66,15 @@ pub enum StoreError {
 
 impl StoreError {
     /// Classifies a database error raised by an append of `stream` with `expected`.
-    pub(crate) fn from_append(err: tokio_postgres::Error, stream: &str, expected: ExpectedVersion) -> Self {
+    pub(crate) fn from_append(err: tokio_postgres::Error, site: &str, stream: &str, expected: ExpectedVersion) -> Self {
         let Some(db) = err.as_db_error() else { return StoreError::from(err) };
         let code = db.code().code();
         match code {
+            "FDS01" => StoreError::SiteMismatch {
+                stream: stream.to_string(),
+                existing: db.detail().unwrap_or("another site").to_string(),
+                requested: site.to_string(),
+            },
             "FDV01" => StoreError::Conflict {
                 stream: stream.to_string(),
                 expected,
@@ -72,6 +92,11 @@ impl StoreError {
             _ => StoreError::from(err),
         }
     }
+}
+
+/// At most 80 characters of a stream id (up to 255 bytes, from the client), for messages.
+fn clip(text: &str) -> String {
+    text.chars().take(80).collect()
 }
 
 /// tokio-postgres says only "db error" for a server error; the server's message and SQLSTATE are

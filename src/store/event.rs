@@ -13,6 +13,13 @@ use super::Position;
 /// Longest stream id or type name, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// Longest site id, in bytes (the tracker's site-id rule, also the column's CHECK).
+pub const MAX_SITE_BYTES: usize = 64;
+
+/// The site of events whose writer names none: every event existing before sites did, and (until
+/// tokens carry a site) every append that does not ask for another.
+pub const DEFAULT_SITE: &str = "default";
+
 /// An event to append. The stream and expected version belong to the append, not the event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -74,6 +81,10 @@ pub struct RecordedEvent {
     pub position: Position,
     /// The stream it belongs to.
     pub stream: String,
+    /// The site (tenant) it belongs to, like every event of its stream. Envelopes written before
+    /// sites existed read as `default`.
+    #[serde(default = "default_site")]
+    pub site: String,
     /// Its version within the stream: 1, 2, …
     pub version: u64,
     /// Its type name.
@@ -96,8 +107,15 @@ pub struct AppendedEvent {
     pub position: Position,
     /// The stream it was appended to.
     pub stream: String,
+    /// The site of the stream (and so of the event).
+    #[serde(default = "default_site")]
+    pub site: String,
     /// Its version within the stream.
     pub version: u64,
+}
+
+fn default_site() -> String {
+    DEFAULT_SITE.to_string()
 }
 
 /// The result of an append.
@@ -190,6 +208,22 @@ pub enum ValidationError {
     /// A JSON value the database cannot store (e.g. a string containing `\u0000`).
     #[error("{0}")]
     Unstorable(String),
+    /// A site id that breaks the site-id rule (at most 80 characters of it are kept).
+    #[error("site {0:?} must be 1 to {MAX_SITE_BYTES} characters of A-Z, a-z, 0-9, _ and -")]
+    Site(String),
+}
+
+/// Whether `site` follows the site-id rule: 1–64 of `A-Z a-z 0-9 _ -`, the same rule as the
+/// tracker's site ids and the `site` column's CHECK, so a valid id is never refused by the database.
+pub fn is_valid_site(site: &str) -> bool {
+    !site.is_empty()
+        && site.len() <= MAX_SITE_BYTES
+        && site.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks a site id (see [`is_valid_site`]).
+pub fn validate_site(site: &str) -> Result<(), ValidationError> {
+    if is_valid_site(site) { Ok(()) } else { Err(ValidationError::Site(site.chars().take(80).collect())) }
 }
 
 /// Checks a stream id or type name: 1–255 bytes, no control characters.
@@ -216,7 +250,8 @@ pub(crate) fn with_ids(events: &[NewEvent]) -> std::borrow::Cow<'_, [NewEvent]> 
 }
 
 /// Checks a whole append before it is sent.
-pub(crate) fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), ValidationError> {
+pub(crate) fn validate_append(site: &str, stream: &str, events: &[NewEvent]) -> Result<(), ValidationError> {
+    validate_site(site)?;
     validate_name("stream id", stream)?;
     if events.is_empty() {
         return Err(ValidationError::NoEvents);
@@ -294,10 +329,25 @@ mod tests {
     fn appends_are_checked_as_a_whole() {
         let id = Uuid::now_v7();
         let dup = vec![NewEvent::new("A", json!(1)).with_id(id), NewEvent::new("B", json!(2)).with_id(id)];
-        assert_eq!(validate_append("s", &dup), Err(ValidationError::DuplicateId(id)));
-        assert_eq!(validate_append("s", &[]), Err(ValidationError::NoEvents));
+        assert_eq!(validate_append(DEFAULT_SITE, "s", &dup), Err(ValidationError::DuplicateId(id)));
+        assert_eq!(validate_append(DEFAULT_SITE, "s", &[]), Err(ValidationError::NoEvents));
         let nul = vec![NewEvent::new("A", json!({"k": "a\u{0}b"}))];
-        assert!(matches!(validate_append("s", &nul), Err(ValidationError::Unstorable(_))));
-        assert!(validate_append("s", &[NewEvent::new("A", json!(null))]).is_ok());
+        assert!(matches!(validate_append(DEFAULT_SITE, "s", &nul), Err(ValidationError::Unstorable(_))));
+        assert!(validate_append(DEFAULT_SITE, "s", &[NewEvent::new("A", json!(null))]).is_ok());
+    }
+
+    #[test]
+    fn sites_follow_the_tracker_rule() {
+        for good in ["default", "shop-1", "A_b", &"x".repeat(64)] {
+            assert!(validate_site(good).is_ok(), "{good}");
+            assert!(crate::tracker::is_token(good), "the tracker agrees on {good}");
+        }
+        for bad in ["", "a b", "a:b", "ü", "a\n", &"x".repeat(65)] {
+            assert!(matches!(validate_site(bad), Err(ValidationError::Site(_))), "{bad:?}");
+            assert!(!crate::tracker::is_token(bad), "the tracker agrees on {bad:?}");
+        }
+        let long = "y".repeat(500);
+        assert!(validate_site(&long).err().is_some_and(|e| e.to_string().len() < 200), "long input is clipped");
+        assert!(validate_append("a b", "s", &[NewEvent::new("A", json!(1))]).is_err());
     }
 }

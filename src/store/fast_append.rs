@@ -8,6 +8,9 @@
 //! - Stream order equals log order without a check: this transaction's xid is assigned at its
 //!   insert, after it read the last version, which was committed by a transaction with a smaller
 //!   xid.
+//! - The stream's site is checked in the same WHERE clause against the last event's (which every
+//!   event of the stream shares): another site inserts nothing. A brand-new stream taken by two
+//!   sites at once fails on the (stream, version) unique index. No extra round trip either way.
 //!
 //! Anything but a clean insert of the whole batch falls back to the locked, checked
 //! `flightdeck.append_batch` (see `append.rs`), which tells a conflict from an idempotent retry.
@@ -22,27 +25,30 @@ use super::versions::Versions;
 use super::{AppendOutcome, AppendedEvent, ExpectedVersion, NewEvent, Position, StoreError, append_in};
 
 /// Builds the statement for one event and for a batch. The last version (if any) is joined so that
-/// a new stream still yields a row. `$check` is extra SQL for the WHERE clause.
+/// a new stream still yields a row. `$7` is the site, inserted and compared with the last event's.
+/// `$check` is extra SQL for the WHERE clause.
 macro_rules! statements {
     ($check:literal) => {
         (
             concat!(
-                "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
-                 SELECT $1, $2, coalesce(last.version, 0) + 1, $4, $5, $6 FROM (SELECT) AS one \
-                 LEFT JOIN LATERAL (SELECT l.version, l.xid FROM flightdeck.events l WHERE l.stream_id = $2 \
-                                    ORDER BY l.version DESC LIMIT 1) last ON true \
-                 WHERE ($3::int8 IS NULL OR $3 = coalesce(last.version, 0)) ",
+                "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata, site) \
+                 SELECT $1, $2, coalesce(last.version, 0) + 1, $4, $5, $6, $7 FROM (SELECT) AS one \
+                 LEFT JOIN LATERAL (SELECT l.version, l.xid, l.site FROM flightdeck.events l \
+                                    WHERE l.stream_id = $2 ORDER BY l.version DESC LIMIT 1) last ON true \
+                 WHERE ($3::int8 IS NULL OR $3 = coalesce(last.version, 0)) \
+                   AND (last.site IS NULL OR last.site = $7::text) ",
                 $check,
                 " RETURNING e.id, e.version, e.xid::text, e.seq"
             ),
             concat!(
-                "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
-                 SELECT x.id, $2, coalesce(last.version, 0) + x.ord, x.type, x.data, x.metadata \
+                "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata, site) \
+                 SELECT x.id, $2, coalesce(last.version, 0) + x.ord, x.type, x.data, x.metadata, $7 \
                  FROM unnest($1::uuid[], $4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY \
                       AS x(id, type, data, metadata, ord) \
-                 LEFT JOIN LATERAL (SELECT l.version, l.xid FROM flightdeck.events l WHERE l.stream_id = $2 \
-                                    ORDER BY l.version DESC LIMIT 1) last ON true \
-                 WHERE ($3::int8 IS NULL OR $3 = coalesce(last.version, 0)) ",
+                 LEFT JOIN LATERAL (SELECT l.version, l.xid, l.site FROM flightdeck.events l \
+                                    WHERE l.stream_id = $2 ORDER BY l.version DESC LIMIT 1) last ON true \
+                 WHERE ($3::int8 IS NULL OR $3 = coalesce(last.version, 0)) \
+                   AND (last.site IS NULL OR last.site = $7::text) ",
                 $check,
                 " ORDER BY x.ord RETURNING e.id, e.version, e.xid::text, e.seq"
             ),
@@ -59,47 +65,51 @@ const AUTOCOMMIT: (&str, &str) = statements!("");
 pub(crate) const IN_TRANSACTION: (&str, &str) =
     statements!("AND (last.xid IS NULL OR last.xid <= pg_current_xact_id())");
 
-/// One event to a stream whose last version this process knows (see `versions.rs`).
-const NEXT_SQL: &str = "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata) \
-     VALUES ($1, $2, $3, $4, $5, $6) RETURNING e.xid::text, e.seq";
+/// One event to a stream whose last version (and site) this process knows (see `versions.rs`).
+const NEXT_SQL: &str = "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata, site) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING e.xid::text, e.seq";
 
 /// Appends in a transaction of its own on `client` (which must not be inside a transaction).
 pub(crate) async fn append(
     client: &Object,
     versions: &Versions,
+    site: &str,
     stream: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<AppendOutcome, StoreError> {
-    validate_append(stream, events)?;
-    let out = match try_insert(client, versions.get(stream), AUTOCOMMIT, stream, expected, events).await {
+    validate_append(site, stream, events)?;
+    let known = versions.get(site, stream);
+    let out = match try_insert(client, known, AUTOCOMMIT, site, stream, expected, events).await {
         Ok(Some(out)) => Ok(out),
-        // Mismatched version, or a unique violation: let the checked path say which, or
+        // Mismatched version or site, or a unique violation: let the checked path say which, or
         // recognize an idempotent retry.
         Ok(None) => {
             versions.forget(stream);
-            append_in(&***client, stream, expected, events).await
+            append_in(&***client, site, stream, expected, events).await
         }
         Err(err) if err.code().is_some_and(|c| c.code() == "23505") => {
             versions.forget(stream);
-            append_in(&***client, stream, expected, events).await
+            append_in(&***client, site, stream, expected, events).await
         }
-        Err(err) => Err(StoreError::from_append(err, stream, expected)),
+        Err(err) => Err(StoreError::from_append(err, site, stream, expected)),
     }?;
     if !out.already_stored
         && let Some(last) = out.events.last()
     {
-        versions.record(stream, last.version);
+        versions.record(site, stream, last.version);
     }
     Ok(out)
 }
 
-/// Inserts the whole batch, or returns `None` if the expected version (or, in a transaction, the
-/// xid order) did not match. Ids must be set.
+/// Inserts the whole batch, or returns `None` if the expected version, the stream's site (or, in a
+/// transaction, the xid order) did not match. Ids must be set. `known` must be a version
+/// remembered for this stream *and this site*.
 pub(crate) async fn try_insert(
     client: &Object,
     known: Option<u64>,
     (one_sql, many_sql): (&str, &str),
+    site: &str,
     stream: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
@@ -109,39 +119,48 @@ pub(crate) async fn try_insert(
     let mut appended = Vec::with_capacity(events.len());
     let next = known.filter(|&v| v > 0 && expected.to_sql().is_none_or(|e| e == v as i64));
     if let ([event], Some(last)) = (events, next) {
-        let types = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB];
+        let types = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB, Type::TEXT];
         let statement = client.prepare_typed_cached(NEXT_SQL, &types).await?;
         let version = last as i64 + 1;
         let row = client
             .query_one(
                 &statement,
-                &[&ids[0], &stream, &version, &event.event_type, &event.data, &Json(&event.metadata)],
+                &[&ids[0], &stream, &version, &event.event_type, &event.data, &Json(&event.metadata), &site],
             )
             .await?;
-        appended.push(appended_event(ids[0], stream, version, &row.try_get::<_, String>(0)?, row.try_get(1)?));
+        appended.push(appended_event(ids[0], site, stream, version, &row.try_get::<_, String>(0)?, row.try_get(1)?));
     } else if let [event] = events {
-        let types = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB];
+        let types = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB, Type::TEXT];
         let statement = client.prepare_typed_cached(one_sql, &types).await?;
         let metadata = Json(&event.metadata);
         let row = client
-            .query_opt(&statement, &[&ids[0], &stream, &expected_sql, &event.event_type, &event.data, &metadata])
+            .query_opt(&statement, &[&ids[0], &stream, &expected_sql, &event.event_type, &event.data, &metadata, &site])
             .await?;
         let Some(row) = row else { return Ok(None) };
-        appended.push(appended_event(ids[0], stream, row.try_get(1)?, &row.try_get::<_, String>(2)?, row.try_get(3)?));
+        let (version, xid) = (row.try_get(1)?, row.try_get::<_, String>(2)?);
+        appended.push(appended_event(ids[0], site, stream, version, &xid, row.try_get(3)?));
     } else {
-        let types = [Type::UUID_ARRAY, Type::TEXT, Type::INT8, Type::TEXT_ARRAY, Type::JSONB_ARRAY, Type::JSONB_ARRAY];
+        let types = [
+            Type::UUID_ARRAY,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT_ARRAY,
+            Type::JSONB_ARRAY,
+            Type::JSONB_ARRAY,
+            Type::TEXT,
+        ];
         let statement = client.prepare_typed_cached(many_sql, &types).await?;
         let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
         let metadata: Vec<Json<&serde_json::Map<String, serde_json::Value>>> =
             events.iter().map(|e| Json(&e.metadata)).collect();
-        let rows = client.query(&statement, &[&ids, &stream, &expected_sql, &kinds, &data, &metadata]).await?;
+        let rows = client.query(&statement, &[&ids, &stream, &expected_sql, &kinds, &data, &metadata, &site]).await?;
         if rows.len() != events.len() {
             return Ok(None);
         }
         for row in rows {
             let xid: String = row.try_get(2)?;
-            appended.push(appended_event(row.try_get(0)?, stream, row.try_get(1)?, &xid, row.try_get(3)?));
+            appended.push(appended_event(row.try_get(0)?, site, stream, row.try_get(1)?, &xid, row.try_get(3)?));
         }
     }
     if appended.iter().any(|e| e.position == Position::START) {
@@ -150,8 +169,8 @@ pub(crate) async fn try_insert(
     Ok(Some(AppendOutcome { events: appended, already_stored: false }))
 }
 
-fn appended_event(id: Uuid, stream: &str, version: i64, xid: &str, seq: i64) -> AppendedEvent {
+fn appended_event(id: Uuid, site: &str, stream: &str, version: i64, xid: &str, seq: i64) -> AppendedEvent {
     // An unparsable xid cannot come from PostgreSQL; START makes the caller take the checked path.
     let position = Position::from_db(xid, seq).unwrap_or(Position::START);
-    AppendedEvent { id, position, stream: stream.to_string(), version: version.max(0) as u64 }
+    AppendedEvent { id, position, stream: stream.to_string(), site: site.to_string(), version: version.max(0) as u64 }
 }

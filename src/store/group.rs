@@ -27,6 +27,7 @@ use super::{AppendOutcome, ExpectedVersion, NewEvent, Store, StoreError};
 pub const MAX_BATCH: usize = 256;
 
 struct Request {
+    site: String,
     stream: String,
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
@@ -79,14 +80,15 @@ impl GroupCommit {
     /// Appends like [`Store::append`], sharing a transaction with concurrent appends.
     pub async fn append(
         &self,
+        site: &str,
         stream: &str,
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
-        validate_append(stream, events)?;
+        validate_append(site, stream, events)?;
         let events = with_ids(events).into_owned();
         let (reply, answer) = oneshot::channel();
-        let request = Request { stream: stream.to_string(), expected, events, reply };
+        let request = Request { site: site.to_string(), stream: stream.to_string(), expected, events, reply };
         match self.queue.send(request).await {
             Ok(()) => match answer.await {
                 Ok(result) => result,
@@ -94,7 +96,7 @@ impl GroupCommit {
             },
             // Shutting down: no worker left; append directly.
             Err(mpsc::error::SendError(request)) => {
-                self.store.append(&request.stream, request.expected, &request.events).await
+                self.store.append(&request.site, &request.stream, request.expected, &request.events).await
             }
         }
     }
@@ -149,7 +151,7 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats) {
                 stats.grouped_appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for (request, outcome) in batch.drain(..).zip(outcomes) {
                     if let Some(last) = outcome.events.last() {
-                        store.versions.record(&request.stream, last.version);
+                        store.versions.record(&request.site, &request.stream, last.version);
                     }
                     let _ = request.reply.send(Ok(outcome));
                 }
@@ -170,7 +172,7 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats) {
     // Whatever is left, and the appends taken out, each in a transaction of its own.
     alone.append(&mut batch);
     join_all(alone.into_iter().map(|request| async move {
-        let result = store.append(&request.stream, request.expected, &request.events).await;
+        let result = store.append(&request.site, &request.stream, request.expected, &request.events).await;
         let _ = request.reply.send(result);
     }))
     .await;
@@ -185,11 +187,10 @@ async fn together(store: &Store, batch: &[Request]) -> Result<Vec<AppendOutcome>
     // one connection, and runs them in the order sent): one round trip for the batch instead of
     // one per append. After a failed statement the rest fail too ("transaction is aborted"), so
     // the first that did not insert cleanly is the one that spoiled the batch.
-    let results =
-        join_all(batch.iter().map(|request| {
-            try_insert(&client, None, IN_TRANSACTION, &request.stream, request.expected, &request.events)
-        }))
-        .await;
+    let results = join_all(batch.iter().map(|request| {
+        try_insert(&client, None, IN_TRANSACTION, &request.site, &request.stream, request.expected, &request.events)
+    }))
+    .await;
     let mut outcomes = Vec::with_capacity(batch.len());
     for (index, result) in results.into_iter().enumerate() {
         match result {

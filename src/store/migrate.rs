@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "event_store", include_str!("../../migrations/0001_event_store.sql")),
     (2, "notify_sql_appends", include_str!("../../migrations/0002_notify_sql_appends.sql")),
     (3, "projections", include_str!("../../migrations/0003_projections.sql")),
+    (4, "event_site", include_str!("../../migrations/0004_event_site.sql")),
 ];
 
 /// Advisory lock key (class, object) held while migrating. The class differs from the stream locks'.

@@ -20,8 +20,8 @@ pub use append::append_in;
 pub use error::StoreError;
 pub(crate) use event::validate_append;
 pub use event::{
-    AppendOutcome, AppendedEvent, ExpectedVersion, MAX_NAME_BYTES, NewEvent, RecordedEvent, ValidationError,
-    metadata_object, validate_name,
+    AppendOutcome, AppendedEvent, DEFAULT_SITE, ExpectedVersion, MAX_NAME_BYTES, MAX_SITE_BYTES, NewEvent,
+    RecordedEvent, ValidationError, is_valid_site, metadata_object, validate_name, validate_site,
 };
 pub use group::{GroupCommit, GroupStats, MAX_BATCH};
 pub use position::{Position, PositionError};
@@ -83,11 +83,13 @@ impl Store {
         Ok(())
     }
 
-    /// Appends `events` to `stream` atomically in a transaction of its own, retrying transient
-    /// races with concurrent appenders. A retried request (same ids, same content) writes nothing
-    /// and returns what was stored the first time.
+    /// Appends `events` to `stream` of `site` atomically in a transaction of its own, retrying
+    /// transient races with concurrent appenders. A retried request (same ids, same content)
+    /// writes nothing and returns what was stored the first time. A stream belongs to the site of
+    /// its first event: naming another is [`StoreError::SiteMismatch`].
     pub async fn append(
         &self,
+        site: &str,
         stream: &str,
         expected: ExpectedVersion,
         events: &[NewEvent],
@@ -97,7 +99,7 @@ impl Store {
         let mut attempt = 0;
         loop {
             let client = self.pool.get().await?;
-            match fast_append::append(&client, &self.versions, stream, expected, events).await {
+            match fast_append::append(&client, &self.versions, site, stream, expected, events).await {
                 Err(StoreError::Retry) if attempt + 1 < APPEND_ATTEMPTS => {
                     attempt += 1;
                     let jitter = rand::random::<u64>() % (1 + u64::from(attempt) * 2);

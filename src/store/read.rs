@@ -14,7 +14,7 @@ use super::{Position, RecordedEvent, StoreError};
 
 // The text form of xid is aliased so that `ORDER BY e.xid` sorts by the xid8 value, never by its text.
 const COLUMNS: &str =
-    "e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.created_at, e.xid::text AS xid_text, e.seq";
+    "e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.created_at, e.xid::text AS xid_text, e.seq, e.site";
 
 /// The visibility horizon: rows below it are final.
 const HORIZON: &str = "e.xid < pg_snapshot_xmin(pg_current_snapshot())";
@@ -75,6 +75,7 @@ fn to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     Ok(RecordedEvent {
         id: row.try_get(0)?,
         stream: row.try_get(1)?,
+        site: row.try_get(9)?,
         version: version.max(0) as u64,
         event_type: row.try_get(3)?,
         data: row.try_get(4)?,

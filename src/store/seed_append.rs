@@ -17,24 +17,25 @@ impl Store {
     /// For benchmarks; FlightDeck's own path is [`Store::append`] plus coalesced wake-ups.
     pub async fn append_seed_style(
         &self,
+        site: &str,
         stream: &str,
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
-        validate_append(stream, events)?;
+        validate_append(site, stream, events)?;
         let events = with_ids(events);
         let client = self.pool().get().await?;
         client.batch_execute("BEGIN").await?;
-        let inserted = try_insert(&client, None, IN_TRANSACTION, stream, expected, &events).await;
+        let inserted = try_insert(&client, None, IN_TRANSACTION, site, stream, expected, &events).await;
         let Ok(Some(out)) = inserted else {
             let _ = client.batch_execute("ROLLBACK").await;
             drop(client);
-            return self.append(stream, expected, &events).await;
+            return self.append(site, stream, expected, &events).await;
         };
         for (event, stored) in events.iter().zip(&out.events) {
             let payload = serde_json::json!({
                 "eventType": event.event_type, "payload": event.data, "position": stored.position,
-                "stream": stream, "version": stored.version,
+                "stream": stream, "site": site, "version": stored.version,
             })
             .to_string();
             let sent = client

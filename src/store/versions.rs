@@ -7,6 +7,10 @@
 //! "remembered + 1" when another process has already used that version hits the unique index on
 //! (stream, version); the append then forgets the entry and takes the checked path. So the cache
 //! changes cost, never outcomes.
+//!
+//! Each entry also remembers the stream's site. A stream's site never changes (its first event
+//! fixes it and every append checks it), so a remembered site is never stale: an append naming
+//! another site skips the plain insert and takes the statement that checks the site.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,25 +18,39 @@ use std::sync::Mutex;
 /// Streams remembered before the memory is cleared (a crude bound: clearing only costs lookups).
 const CAPACITY: usize = 100_000;
 
-/// Last known versions by stream.
+/// What is remembered of a stream.
+#[derive(Debug)]
+struct Known {
+    version: u64,
+    site: Box<str>,
+}
+
+/// Last known versions (and sites) by stream.
 #[derive(Debug, Default)]
 pub(crate) struct Versions {
-    last: Mutex<HashMap<String, u64>>,
+    last: Mutex<HashMap<String, Known>>,
 }
 
 impl Versions {
-    pub(crate) fn get(&self, stream: &str) -> Option<u64> {
-        self.last.lock().ok()?.get(stream).copied()
+    /// The last version of `stream` this process saw committed, if the stream belongs to `site`
+    /// (for another site, the caller must take the checked path, which refuses the append).
+    pub(crate) fn get(&self, site: &str, stream: &str) -> Option<u64> {
+        let last = self.last.lock().ok()?;
+        last.get(stream).filter(|known| &*known.site == site).map(|known| known.version)
     }
 
-    /// Remembers that `stream` reached `version` (a committed append).
-    pub(crate) fn record(&self, stream: &str, version: u64) {
+    /// Remembers that `stream`, of `site`, reached `version` (a committed append).
+    pub(crate) fn record(&self, site: &str, stream: &str, version: u64) {
         if let Ok(mut last) = self.last.lock() {
             if last.len() >= CAPACITY && !last.contains_key(stream) {
                 last.clear();
             }
-            let entry = last.entry(stream.to_string()).or_insert(0);
-            *entry = (*entry).max(version);
+            let entry = last.entry(stream.to_string()).or_insert_with(|| Known { version: 0, site: site.into() });
+            entry.version = entry.version.max(version);
+            if &*entry.site != site {
+                // Cannot happen (a stream's site is fixed); if it did, trust the latest commit.
+                entry.site = site.into();
+            }
         }
     }
 

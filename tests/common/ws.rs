@@ -50,6 +50,17 @@ impl WsClient {
         WsClient { socket, backlog: VecDeque::new(), pings: 0 }
     }
 
+    /// Connects with a prepared handshake request (e.g. with an `Authorization` header or an
+    /// `access_token` query); the handshake's error (such as an HTTP 401) when it is refused.
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        let addr = format!("{}:{}", request.uri().host().unwrap(), request.uri().port_u16().unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (socket, _) = tokio_tungstenite::client_async(request, tcp).await?;
+        Ok(WsClient { socket, backlog: VecDeque::new(), pings: 0 })
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.socket.send(Message::text(frame.to_string())).await.unwrap();
     }

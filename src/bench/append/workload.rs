@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config};
 use uuid::Uuid;
 
-use crate::store::{ExpectedVersion, NewEvent, Store, StoreError, append_in};
+use crate::store::{DEFAULT_SITE, ExpectedVersion, NewEvent, Store, StoreError, append_in};
 
 use super::{BenchError, connect};
 
@@ -204,7 +204,7 @@ async fn direct_writer(client: Client, stream: String, batch: usize, frame: Wind
     let mut tally = Tally::default();
     let mut n = 0;
     while frame.open() {
-        match append_in(&client, &stream, ExpectedVersion::Any, &events(batch, &mut n)).await {
+        match append_in(&client, DEFAULT_SITE, &stream, ExpectedVersion::Any, &events(batch, &mut n)).await {
             Ok(_) => frame.record(&mut tally, batch),
             // Cannot happen with one writer per stream, but it is what a caller would do.
             Err(StoreError::Retry) => continue,
@@ -219,7 +219,7 @@ async fn pool_writer(store: Store, stream: String, batch: usize, frame: Window) 
     let mut tally = Tally::default();
     let mut n = 0;
     while frame.open() {
-        store.append(&stream, ExpectedVersion::Any, &events(batch, &mut n)).await?;
+        store.append(DEFAULT_SITE, &stream, ExpectedVersion::Any, &events(batch, &mut n)).await?;
         frame.record(&mut tally, batch);
     }
     Ok(tally)

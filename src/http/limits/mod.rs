@@ -6,6 +6,7 @@
 //! | ingestion requests per second (`POST /api/events`, `POST /api/track`) | client address | 429 `rate_limited` + `Retry-After`, before the body is read |
 //! | tracker events per second | site id | 429 `rate_limited` + `Retry-After` |
 //! | concurrent streams (SSE, WebSocket, stats stream) | client address | 429 `too_many_streams` + `Retry-After`, before the stream starts or the upgrade |
+//! | concurrent streams (SSE, WebSocket, stats stream) | token (`jti`, else `sub` + `iat`) | 429 `too_many_streams` + `Retry-After`, likewise |
 //! | entries per filter list (`types`, `channels`, `where`) | subscription | 400 `too_many_filters` (SSE), `error` op `too_many_filters` (WebSocket) |
 //! | subscriptions per WebSocket, request and message sizes | socket | `ws::WsConfig`: `error` ops, close 1009 |
 //! | request bodies | request | 413 `too_large` (`AppState::max_body`, [`LimitsConfig::max_track_body`]) |
@@ -81,6 +82,9 @@ pub struct LimitsConfig {
     /// Open streams per client address: SSE (`/api/events`), WebSocket (`/ws/events`, one per
     /// socket whatever its subscriptions) and `/api/stats/stream` alike; `None`: off.
     pub streams_per_address: Option<u32>,
+    /// Open streams per token, from any address (loopback included: a leaked token is not
+    /// exempt wherever it is used from); `None`: off. Needs authentication on.
+    pub streams_per_token: Option<u32>,
     /// Most entries in each filter list of a subscription: `types`, `channels`, `where`.
     pub max_filters: usize,
     /// Largest `POST /api/track` body, in bytes.
@@ -105,6 +109,8 @@ impl LimitsConfig {
     pub const SITE_BURST: u32 = 5000;
     /// Default open streams per client address.
     pub const STREAMS: u32 = 128;
+    /// Default open streams per token.
+    pub const STREAMS_PER_TOKEN: u32 = 100;
     /// Default most entries per filter list.
     pub const FILTERS: usize = 32;
     /// Default most keys per rate limit.
@@ -118,6 +124,7 @@ impl LimitsConfig {
             ingest_per_address: None,
             track_per_site: None,
             streams_per_address: None,
+            streams_per_token: None,
             max_filters: usize::MAX,
             ..LimitsConfig::default()
         }
@@ -130,6 +137,7 @@ impl Default for LimitsConfig {
             ingest_per_address: Rate::new(Self::INGEST_RATE, Self::INGEST_BURST),
             track_per_site: Rate::new(Self::SITE_RATE, Self::SITE_BURST),
             streams_per_address: Some(Self::STREAMS),
+            streams_per_token: Some(Self::STREAMS_PER_TOKEN),
             max_filters: Self::FILTERS,
             max_track_body: super::MAX_TRACK_BODY,
             exempt: Self::EXEMPT.split(',').filter_map(|r| r.parse().ok()).collect(),
@@ -148,6 +156,8 @@ pub(crate) enum Limit {
     TrackPerSite,
     /// Open streams per client address.
     StreamsPerAddress,
+    /// Open streams per token.
+    StreamsPerToken,
     /// Subscriptions per WebSocket.
     WsSubscriptions,
     /// Entries per filter list.
@@ -161,10 +171,11 @@ pub(crate) enum Limit {
 }
 
 impl Limit {
-    const ALL: [Limit; 8] = [
+    const ALL: [Limit; 9] = [
         Limit::IngestPerAddress,
         Limit::TrackPerSite,
         Limit::StreamsPerAddress,
+        Limit::StreamsPerToken,
         Limit::WsSubscriptions,
         Limit::Filters,
         Limit::BodySize,
@@ -177,6 +188,7 @@ impl Limit {
             Limit::IngestPerAddress => "ingest_per_address",
             Limit::TrackPerSite => "track_per_site",
             Limit::StreamsPerAddress => "streams_per_address",
+            Limit::StreamsPerToken => "streams_per_token",
             Limit::WsSubscriptions => "ws_subscriptions",
             Limit::Filters => "filters",
             Limit::BodySize => "body_size",
@@ -192,6 +204,7 @@ pub(crate) struct Limiter {
     ingest_per_address: Option<KeyedRate<IpAddr>>,
     track_per_site: Option<KeyedRate<String>>,
     streams_per_address: Option<Arc<StreamCounter<IpAddr>>>,
+    streams_per_token: Option<Arc<StreamCounter<Arc<str>>>>,
     refused: [AtomicU64; Limit::ALL.len()],
 }
 
@@ -209,6 +222,7 @@ impl Limiter {
             ingest_per_address: config.ingest_per_address.map(|r| KeyedRate::new(r, config.max_keys)),
             track_per_site: site.map(|r| KeyedRate::new(r, config.max_keys)),
             streams_per_address: config.streams_per_address.map(|n| Arc::new(StreamCounter::new(n))),
+            streams_per_token: config.streams_per_token.map(|n| Arc::new(StreamCounter::new(n))),
             refused: Default::default(),
             config,
         }
@@ -264,13 +278,38 @@ impl Limiter {
         })
     }
 
-    /// A slot for one more stream of `client`.
-    fn open_stream(&self, client: Option<IpAddr>) -> Result<StreamPermit, Limited> {
+    /// A slot for one more stream of `client` with the token `token`: one of the address's and
+    /// one of the token's (if the second is refused, dropping the first releases it).
+    fn open_stream(&self, client: Option<IpAddr>, token: Option<&Arc<str>>) -> Result<StreamPermit, Limited> {
+        let address = self.address_slot(client)?;
+        let token = self.token_slot(token)?;
+        Ok(StreamPermit { _address: address, _token: token })
+    }
+
+    fn token_slot(&self, token: Option<&Arc<str>>) -> Result<Option<Slot<Arc<str>>>, Limited> {
+        let (Some(counter), Some(token)) = (&self.streams_per_token, token) else { return Ok(None) };
+        counter.acquire(token.clone()).map(Some).map_err(|open| {
+            self.count(Limit::StreamsPerToken);
+            Limited {
+                code: "too_many_streams",
+                retry_after: STREAM_RETRY_AFTER,
+                message: format!(
+                    "this token already has {open} open streams (Server-Sent Events, WebSockets and stats streams \
+                     count alike), the most allowed per token ({}); close one, carry several subscriptions on one \
+                     WebSocket, or give each client its own token (the operator sets this with \
+                     --max-streams-per-token)",
+                    counter.max()
+                ),
+            }
+        })
+    }
+
+    fn address_slot(&self, client: Option<IpAddr>) -> Result<Option<Slot<IpAddr>>, Limited> {
         let (Some(counter), Some(ip)) = (&self.streams_per_address, client) else {
-            return Ok(StreamPermit { _address: None });
+            return Ok(None);
         };
         match counter.acquire(ip) {
-            Ok(slot) => Ok(StreamPermit { _address: Some(slot) }),
+            Ok(slot) => Ok(Some(slot)),
             Err(open) => {
                 self.count(Limit::StreamsPerAddress);
                 Err(Limited {
@@ -290,9 +329,12 @@ impl Limiter {
     /// Checks the sizes of a subscription's filter lists; the message says which is too long.
     pub(crate) fn check_filter(&self, filter: &Filter) -> Result<(), String> {
         let max = self.config.max_filters;
-        for (name, len) in
-            [("types", filter.types.len()), ("channels", filter.channels.len()), ("where", filter.fields.len())]
-        {
+        for (name, len) in [
+            ("types", filter.types.len()),
+            ("sites", filter.sites.len()),
+            ("channels", filter.channels.len()),
+            ("where", filter.fields.len()),
+        ] {
             if len > max {
                 self.count(Limit::Filters);
                 return Err(format!(
@@ -317,6 +359,7 @@ impl Limiter {
             ("ingest_per_address", self.ingest_per_address.as_ref().map_or(0, KeyedRate::len)),
             ("track_per_site", self.track_per_site.as_ref().map_or(0, KeyedRate::len)),
             ("streams_per_address", self.streams_per_address.as_ref().map_or(0, |c| c.keys())),
+            ("streams_per_token", self.streams_per_token.as_ref().map_or(0, |c| c.keys())),
         ];
         let _ = writeln!(out, "# HELP flightdeck_limiter_keys Keys a limit holds state for now (bounded).");
         let _ = writeln!(out, "# TYPE flightdeck_limiter_keys gauge");
@@ -392,10 +435,13 @@ impl FromRequestParts<AppState> for IngestPermit {
     }
 }
 
-/// Extractor for streaming routes: a slot counted against the client's streams for as long as
-/// this value (moved into the stream) lives.
+/// Extractor for streaming routes: a slot counted against the client's streams, and one against
+/// its token's, for as long as this value (moved into the stream) lives. The token is the
+/// [`crate::http::auth::Access`] the `Subscriber` extractor left in the request's extensions, so
+/// handlers take `Subscriber` before `StreamPermit` (which also makes a 401 come before a 429).
 pub(crate) struct StreamPermit {
     _address: Option<Slot<IpAddr>>,
+    _token: Option<Slot<Arc<str>>>,
 }
 
 impl FromRequestParts<AppState> for StreamPermit {
@@ -403,7 +449,8 @@ impl FromRequestParts<AppState> for StreamPermit {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let limits = &state.limits;
-        limits.open_stream(limits.client(parts))
+        let token = parts.extensions.get::<crate::http::auth::Access>().and_then(|a| a.token_key().cloned());
+        limits.open_stream(limits.client(parts), token.as_ref())
     }
 }
 

@@ -134,6 +134,7 @@ mod tests {
                 id: uuid::Uuid::now_v7(),
                 position: Position { xid: 1, seq: n as u64 },
                 stream: "s".into(),
+                site: "default".into(),
                 version: n as u64,
                 event_type: "T".into(),
                 data: json!({"n": n, "quote": "\"hi\""}),

@@ -16,6 +16,7 @@
 //! | 1001 going away | the server shuts down | reconnect (to another server) and resume |
 //! | 1002 protocol error, 1007 invalid data | the client broke RFC 6455 (e.g. unmasked frames) or sent a text frame that is not UTF-8 | fix the client |
 //! | 1009 message too big | a message over [`WsConfig::max_message`] | not send it again |
+//! | 4401 token expired | the token the socket was opened with expired | reconnect with a fresh token and resume |
 //! | 1013 try again later | the client fell behind: a subscription lagged the bus, or the queue of answers overflowed; or the event store could not be read | reconnect and resume each subscription from its last position |
 //!
 //! Limits (`limits.rs`): a socket counts as one stream of its client's stream limit (a 429
@@ -39,6 +40,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::Response;
 
+use super::auth::Subscriber;
 use super::limits::StreamPermit;
 use super::{ApiError, AppState};
 
@@ -82,9 +84,12 @@ impl Default for WsConfig {
 /// Upgrades to a WebSocket and runs the connection (`session::run`) until the client leaves, it
 /// is closed on, or the bus shuts down. Answers 503 before the bus runs, like every other route,
 /// a JSON 400/405/426 when the request is not a WebSocket handshake, and 429 when the client has
-/// as many streams open as it may.
+/// as many streams open as it may. The handshake needs a subscribe token (401/403 before the
+/// upgrade); every subscription on the socket is limited to its scope, and the socket closes
+/// with 4401 when it expires.
 pub(super) async fn events(
     State(state): State<AppState>,
+    Subscriber(access): Subscriber,
     permit: StreamPermit,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -102,7 +107,7 @@ pub(super) async fn events(
         .max_message_size(config.max_message)
         .max_frame_size(config.max_message.saturating_mul(4))
         .on_failed_upgrade(|err| tracing::debug!(%err, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| session::run(socket, bus, config, limits, permit));
+        .on_upgrade(move |socket| session::run(socket, bus, config, limits, access, permit));
     Ok(response)
 }
 

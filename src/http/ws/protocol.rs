@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::bus::{Batching, FieldMatch, Filter};
-use crate::store::Position;
+use crate::store::{Position, validate_site};
 
 /// Longest subscription id a client may choose, in bytes.
 pub(super) const MAX_ID_LEN: usize = 128;
@@ -69,7 +69,7 @@ pub(super) enum Code {
     DuplicateId,
     /// `unsubscribe` with an id not subscribed on this socket.
     UnknownId,
-    /// `types`, `channels`, `stream`, `streamPrefix` or `where` cannot be used.
+    /// `types`, `sites`, `channels`, `stream`, `streamPrefix` or `where` cannot be used.
     InvalidFilter,
     /// `from` is not `now`, `start` or a position.
     InvalidPosition,
@@ -81,8 +81,10 @@ pub(super) enum Code {
     FrameTooLarge,
     /// The socket has as many subscriptions as it may have.
     TooManySubscriptions,
-    /// A filter list (`types`, `channels`, `where`) has more entries than allowed.
+    /// A filter list (`types`, `sites`, `channels`, `where`) has more entries than allowed.
     TooManyFilters,
+    /// `subscribe` asks only for sites the socket's token does not cover.
+    Forbidden,
 }
 
 impl Code {
@@ -101,6 +103,7 @@ impl Code {
             Code::FrameTooLarge => "frame_too_large",
             Code::TooManySubscriptions => "too_many_subscriptions",
             Code::TooManyFilters => "too_many_filters",
+            Code::Forbidden => "forbidden",
         }
     }
 }
@@ -189,14 +192,16 @@ pub(super) fn parse(text: &str) -> Result<Request, ProtocolError> {
     }
 }
 
-const SUBSCRIBE_FIELDS: [&str; 9] =
-    ["op", "id", "types", "channels", "stream", "streamPrefix", "where", "from", "batch"];
+const SUBSCRIBE_FIELDS: [&str; 10] =
+    ["op", "id", "types", "sites", "channels", "stream", "streamPrefix", "where", "from", "batch"];
 
 fn subscribe(fields: &Map<String, Value>, id: &str) -> Result<Subscribe, ProtocolError> {
     only(fields, &SUBSCRIBE_FIELDS, Some(id), "subscribe")?;
     let filter_error = |message: String| ProtocolError::new(Code::InvalidFilter, Some(id), message);
     let mut filter = Filter::default();
-    for (field, list) in [("types", &mut filter.types), ("channels", &mut filter.channels)] {
+    for (field, list) in
+        [("types", &mut filter.types), ("sites", &mut filter.sites), ("channels", &mut filter.channels)]
+    {
         match fields.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
@@ -214,6 +219,9 @@ fn subscribe(fields: &Map<String, Value>, id: &str) -> Result<Subscribe, Protoco
                 )));
             }
         }
+    }
+    for (i, site) in filter.sites.iter().enumerate() {
+        validate_site(site).map_err(|e| filter_error(format!("sites[{i}]: {e}")))?;
     }
     for (field, slot) in [("stream", &mut filter.stream), ("streamPrefix", &mut filter.stream_prefix)] {
         match fields.get(field) {
@@ -337,7 +345,7 @@ mod tests {
     #[test]
     fn a_full_subscribe_parses() {
         let request = parse(
-            r#"{"op":"subscribe","id":"a","types":["PageViewed"],"channels":["web"],"stream":"s-1",
+            r#"{"op":"subscribe","id":"a","types":["PageViewed"],"sites":["shop","blog"],"channels":["web"],"stream":"s-1",
                "streamPrefix":"s-","where":{"data.pageId":"home","data.n":3},
                "from":"0000000000000002000000000000000a","batch":{"maxEvents":10,"maxDelayMs":50}}"#,
         )
@@ -346,6 +354,7 @@ mod tests {
         assert_eq!(sub.id, "a");
         assert_eq!(sub.filter.types, vec!["PageViewed"]);
         assert_eq!(sub.filter.channels, vec!["web"]);
+        assert_eq!(sub.filter.sites, vec!["shop", "blog"]);
         assert_eq!(sub.filter.stream.as_deref(), Some("s-1"));
         assert_eq!(sub.filter.stream_prefix.as_deref(), Some("s-"));
         assert_eq!(sub.filter.fields.len(), 2);
@@ -394,6 +403,8 @@ mod tests {
             (r#"{"op":"subscribe","id":"a","types":"A"}"#, Code::InvalidFilter, Some("a"), "array of names"),
             (r#"{"op":"subscribe","id":"a","types":["A",1]}"#, Code::InvalidFilter, Some("a"), "types[1]"),
             (r#"{"op":"subscribe","id":"a","stream":5}"#, Code::InvalidFilter, Some("a"), "stream must be"),
+            (r#"{"op":"subscribe","id":"a","sites":"shop"}"#, Code::InvalidFilter, Some("a"), "array of names"),
+            (r#"{"op":"subscribe","id":"a","sites":["ok","a b"]}"#, Code::InvalidFilter, Some("a"), "sites[1]: site"),
             (r#"{"op":"subscribe","id":"a","where":{"pageId":"x"}}"#, Code::InvalidFilter, Some("a"), "data.<field>"),
             (r#"{"op":"subscribe","id":"a","where":"data.a:b"}"#, Code::InvalidFilter, Some("a"), "must be an object"),
             (r#"{"op":"subscribe","id":"a","from":"yesterday"}"#, Code::InvalidPosition, Some("a"), "32 hexadecimal"),

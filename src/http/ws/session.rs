@@ -27,7 +27,9 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::auth::Scope;
 use crate::bus::{Batching, Bus, BusError, Delivered, Start};
+use crate::http::auth::{self, Access};
 use crate::http::limits::{Limit, Limiter, StreamPermit};
 use crate::http::metrics::SubscriberGauge;
 use crate::store::Position;
@@ -45,6 +47,9 @@ const PROTOCOL_ERROR: u16 = 1002;
 const INVALID_DATA: u16 = 1007;
 const TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
+/// The socket's token expired (an application code: 4000-4999; "401" as in HTTP). The JavaScript
+/// client relies on exactly this code and the reason `token expired`.
+const TOKEN_EXPIRED: u16 = 4401;
 
 /// A subscription's chunks, tagged with where they go.
 type Tagged = BoxStream<'static, (Arc<Target>, Result<Vec<Arc<Delivered>>, BusError>)>;
@@ -100,13 +105,29 @@ struct Entry {
 }
 
 /// Runs one connection until it ends.
-pub(super) async fn run(socket: WebSocket, bus: Bus, config: WsConfig, limits: Arc<Limiter>, permit: StreamPermit) {
+pub(super) async fn run(
+    socket: WebSocket,
+    bus: Bus,
+    config: WsConfig,
+    limits: Arc<Limiter>,
+    access: Access,
+    permit: StreamPermit,
+) {
     let _held = (SubscriberGauge::ws(&bus), permit);
     let (mut sink, mut stream) = socket.split();
     let (queue, answers) = mpsc::channel(config.outbound_queue.max(1));
     let mut writer = Writer { answers, events: SelectAll::new() };
     let close_timeout = config.close_timeout;
-    let mut session = Session { bus, config, limits, queue, subscriptions: HashMap::new(), pong_deadline: None };
+    let mut session = Session {
+        bus,
+        config,
+        limits,
+        queue,
+        subscriptions: HashMap::new(),
+        pong_deadline: None,
+        scope: access.scope().clone(),
+        expires: access.deadline(),
+    };
     let end = session.serve(&mut writer, &mut sink, &mut stream).await;
     tracing::debug!(?end, "WebSocket connection ending");
     drop(session);
@@ -144,6 +165,10 @@ struct Session {
     subscriptions: HashMap<String, Entry>,
     /// Set when a ping is sent; cleared by any frame from the peer.
     pong_deadline: Option<Instant>,
+    /// What the socket's token covers: every subscription is limited to it.
+    scope: Arc<Scope>,
+    /// The token's expiry: the socket closes with 4401 then.
+    expires: Option<Instant>,
 }
 
 impl Session {
@@ -179,6 +204,7 @@ impl Session {
                     }
                 }
                 () = sleep_until(deadline) => return End::Dead,
+                () = auth::expiry(self.expires) => return End::Close(TOKEN_EXPIRED, "token expired".into()),
             }
         }
     }
@@ -274,6 +300,10 @@ impl Session {
 
     fn subscribe(&mut self, request: Subscribe) -> Result<Outbound, ProtocolError> {
         let Subscribe { id, filter, from, batch } = request;
+        let filter = filter.within(&self.scope);
+        if let Some(why) = filter.outside_scope() {
+            return Err(ProtocolError::new(Code::Forbidden, Some(&id), why));
+        }
         if self.subscriptions.contains_key(&id) {
             return Err(ProtocolError::new(
                 Code::DuplicateId,
