@@ -106,6 +106,10 @@ function connectEvents() {
     state.frames += 1;
   });
   subscription.onEvent((event) => receive(event));
+  subscription.onError((error) => {
+    // An ended session is shown on the page (the 'unauthorized' state above), not logged.
+    if (!['token_expired', 'token_required', 'invalid_token'].includes(error.code)) console.error(error);
+  });
   state.subscription = subscription;
   scheduleRender();
 }
