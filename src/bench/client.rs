@@ -54,6 +54,8 @@ pub struct Target {
     pub url: ServerUrl,
     /// The resolved socket address.
     pub addr: SocketAddr,
+    /// `Authorization: Bearer …\r\n` for a server that requires tokens, or nothing.
+    authorization: String,
 }
 
 impl Target {
@@ -65,7 +67,14 @@ impl Target {
             .map_err(|source| ClientBenchError::Connect { addr: url.authority.clone(), source })?
             .next()
             .ok_or_else(|| ClientBenchError::Usage(format!("--url: {} resolves to no address", url.authority)))?;
-        Ok(Target { url, addr })
+        Ok(Target { url, addr, authorization: String::new() })
+    }
+
+    /// Sends `token` with every request (`--token`: a server started without
+    /// `--insecure-no-auth` requires one; its `--max-streams-per-token` must allow the subscribers).
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.authorization = token.map(|t| format!("Authorization: Bearer {}\r\n", t.trim())).unwrap_or_default();
+        self
     }
 
     /// The full path of `path` (which starts with `/`) under the URL's base path.
@@ -84,6 +93,8 @@ pub fn wall_micros() -> i64 {
 pub struct Connection {
     stream: TcpStream,
     host: String,
+    /// The `Authorization` header line, if any.
+    authorization: String,
     /// Bytes read and not yet used.
     buf: Vec<u8>,
     /// The request being written (kept to reuse its allocation).
@@ -102,6 +113,7 @@ impl Connection {
         Ok(Connection {
             stream,
             host: target.url.authority.clone(),
+            authorization: target.authorization.clone(),
             buf: Vec::with_capacity(1024),
             out: Vec::with_capacity(256),
             closing: false,
@@ -118,8 +130,9 @@ impl Connection {
         self.out.clear();
         self.out.extend_from_slice(
             format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 self.host,
+                self.authorization,
                 body.len()
             )
             .as_bytes(),
@@ -131,7 +144,9 @@ impl Connection {
     /// GETs `path`; returns the status and the response body.
     pub async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>), ClientBenchError> {
         self.out.clear();
-        self.out.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes());
+        self.out.extend_from_slice(
+            format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{}\r\n", self.host, self.authorization).as_bytes(),
+        );
         self.exchange().await
     }
 
@@ -200,8 +215,8 @@ impl SseStream {
     pub async fn open(target: &Target, path_and_query: &str) -> Result<Self, ClientBenchError> {
         let mut conn = Connection::open(target).await?;
         let request = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
-            conn.host
+            "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\n{}Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+            conn.host, conn.authorization
         );
         conn.stream.write_all(request.as_bytes()).await?;
         let head = tokio::time::timeout(Duration::from_secs(30), conn.read_head())

@@ -127,7 +127,7 @@ struct Probe {
 /// Runs every case against the server at `--url` and prints the results as Markdown.
 pub async fn run(args: &BenchDeliveryArgs) -> Result<(), ClientBenchError> {
     let plan = Plan::new(args)?;
-    let target = Arc::new(Target::resolve(&args.url).await?);
+    let target = Arc::new(Target::resolve(&args.url).await?.with_token(args.token.as_deref()));
     let mut reports = Vec::new();
     for &case in &plan.cases {
         eprintln!(

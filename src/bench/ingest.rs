@@ -45,7 +45,7 @@ pub async fn run(args: &BenchIngestArgs) -> Result<(), ClientBenchError> {
     if !seconds_ok(args.seconds, 0.2) || !seconds_ok(args.warmup, 0.0) {
         return Err(ClientBenchError::Usage("--seconds (≥ 0.2) and --warmup (≥ 0) must be at most 3600".into()));
     }
-    let target = Arc::new(Target::resolve(&args.url).await?);
+    let target = Arc::new(Target::resolve(&args.url).await?.with_token(args.token.as_deref()));
     let path = target.path("/api/events");
     let prefix = format!("bench-ingest-{}-", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let mut probe = Connection::open(&target).await?;

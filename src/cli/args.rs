@@ -299,6 +299,10 @@ pub struct BenchDeliveryArgs {
     /// Subscribers connecting at the same time while the streams open.
     #[arg(long, default_value_t = 256)]
     pub open_concurrency: usize,
+    /// A token that subscribes and publishes (`flightdeck token create --site '*' --subscribe
+    /// --publish`), for a server that requires tokens.
+    #[arg(long, env = "FLIGHTDECK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `flightdeck bench ingest`.
@@ -325,6 +329,10 @@ pub struct BenchIngestArgs {
     /// Print one JSON object instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
+    /// A token that subscribes and publishes (`flightdeck token create --site '*' --subscribe
+    /// --publish`), for a server that requires tokens.
+    #[arg(long, env = "FLIGHTDECK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `flightdeck bench append`.

@@ -73,9 +73,15 @@ async fn no_token_a_wrong_key_alg_none_and_an_expired_token_are_refused_everywhe
 async fn public_routes_need_no_token() {
     let db = common::test_db().await;
     let server = Secured::start(&db).await;
-    for path in ["/healthz", "/readyz", "/flightdeck.js", "/track.js", "/api/openapi.json", "/metrics"] {
+    for path in ["/healthz", "/flightdeck.js", "/track.js", "/api/openapi.json", "/metrics"] {
         let response = reqwest::get(server.url(path)).await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
+    }
+    // Ready once the listener connected (503 until then), never a 401.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reqwest::get(server.url("/readyz")).await.unwrap().status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never answered 200");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // The tracker takes no token (sites and origins secure it, elsewhere).
     let beacon = json!({"site": "shop", "session": "s1", "events": [

@@ -70,7 +70,10 @@ async fn sse_replay_resume_batches_and_live_carry_only_the_tokens_site() {
     assert_eq!(subscribed.event.as_deref(), Some("subscribed"));
     let blog = marker(&server, "blog").await;
     let shop = marker(&server, "shop").await;
-    assert_eq!(sse_until(&mut live, &shop).await, vec![shop.clone()], "{blog:?} must not arrive");
+    // (A `now` subscription may also get events stored just before it that the bus had not
+    // delivered yet: all of the shop too.)
+    let got = sse_until(&mut live, &shop).await;
+    assert!(got.iter().all(|e| e.site == "shop") && !got.contains(&blog), "{got:?}");
 
     // A filter naming only another site is refused; naming both is narrowed to the shop.
     let response = reqwest::get(url("site=blog")).await.unwrap();
@@ -87,7 +90,8 @@ async fn types_and_stream_prefix_tokens_see_only_those_events() {
     let db = common::test_db().await;
     let server = Secured::start(&db).await;
     let events = seed(&server, &["shop", "blog"]).await;
-    let cases: [(Tok, fn(&Seeded) -> bool); 3] = [
+    type Keep = fn(&Seeded) -> bool;
+    let cases: [(Tok, Keep); 3] = [
         (Tok::sites(&["*"]).types(&["Clicked", "Marker"]), |e| e.event_type != "Viewed"),
         (Tok::sites(&["*"]).streams(&["blog-b", "shop-marker"]), |e| e.stream == "blog-b" || e.stream == "shop-marker"),
         (Tok::sites(&["blog", "shop"]).types(&["Viewed", "Marker"]).streams(&["shop-"]), |e| {
@@ -148,7 +152,10 @@ async fn websocket_subscriptions_are_limited_to_the_sockets_token() {
     for sub in ["replay", "batched", "both"] {
         assert_eq!(ws_until(&mut ws, sub, &end).await, want, "{sub}");
     }
-    assert_eq!(ws_until(&mut ws, "live", &end).await, vec![end.clone()]);
+    // Live from "now": nothing of the blog (it may also get shop events stored just before it
+    // subscribed that the bus had not delivered yet).
+    let live = ws_until(&mut ws, "live", &end).await;
+    assert!(live.iter().all(|e| e.site == "shop"), "{live:?}");
     server.stop().await;
 }
 
@@ -185,11 +192,11 @@ async fn rs256_and_es256_tokens_from_configured_public_keys_are_accepted() {
     let db = common::test_db().await;
     let server = Secured::start(&db).await;
     seed(&server, &["shop"]).await;
-    for key in ["rsa-private.pem", "ec-private.pem"] {
+    for (i, key) in ["rsa-private.pem", "ec-private.pem"].into_iter().enumerate() {
         let signer = flightdeck::auth::Signer::from_private_key_pem(&fixture(key)).unwrap();
         let token = Tok::sites(&["shop"]).publish().sign_with(&signer);
         let (status, body) = server.get("/api/streams/shop-a", Some(&token)).await;
-        assert_eq!((status, body["events"].as_array().map(Vec::len)), (200, Some(4)), "{key}: {body}");
+        assert_eq!((status, body["events"].as_array().map(Vec::len)), (200, Some(4 + i)), "{key}: {body}");
         let event = json!({"stream": "shop-a", "type": "Viewed", "data": {}});
         let (status, answer) = server.post(&event, Some(&token)).await;
         assert_eq!((status, answer["events"][0]["site"].as_str()), (201, Some("shop")), "{key}: {answer}");

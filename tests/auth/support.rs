@@ -27,7 +27,6 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// A server like `serve`'s with tokens required: routes, bus, projector.
 pub struct Secured {
     pub app: App,
-    pub projections: Projections,
 }
 
 impl Secured {
@@ -50,7 +49,7 @@ impl Secured {
             .unwrap();
         let state = AppState::with_bus(bus).limits(limits).auth(Auth::tokens(verifier, Some(Signer::hs256(SECRET))));
         state.set_projections(projections.clone());
-        Secured { app: App::serve(state, shutdown, tasks).await, projections }
+        Secured { app: App::serve(state, shutdown, tasks).await }
     }
 
     pub fn url(&self, path: &str) -> String {
