@@ -134,6 +134,11 @@ async fn a_bare_serve_prints_a_one_time_login_link_and_keeps_its_secret_across_r
     assert_eq!(status, 200, "a token made before the restart opens the dashboard after it");
     let (status, _, _) = get_dashboard(&server, Some(&cookie)).await;
     assert_eq!(status, 200, "the session survives the restart");
+    // And on the API (reads check tokens): with it, an answer; without, 401.
+    let read = client().get(server.url("/api/streams/nothing-here")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(read.status(), 200, "the token reads after the restart");
+    let anonymous = client().get(server.url("/api/streams/nothing-here")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
     let auth = Auth::tokens(Verifier::new().with_secret(&secret::load(&secret_file).unwrap()), None);
     let claims = auth.verify(&token).unwrap();
     assert!(claims.allows(Action::Subscribe));
