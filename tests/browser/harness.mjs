@@ -80,7 +80,7 @@ const publishTokens = new Map();
 export async function createToken(server, args) {
   const { stdout } = await promisify(execFile)(
     BINARY,
-    ['token', 'create', '--data-dir', join(server.dataDir, 'data'), ...args],
+    ['token', 'create', '--data-dir', server.dataDir, ...args],
     { env: serverEnv(), timeout: 60_000 },
   );
   return stdout.trim();
@@ -129,9 +129,10 @@ export async function startServer({ dataDir, port = 0, ready = true, auth = true
   });
   const server = {
     child,
-    dataDir,
     url: '',
     port: 0,
+    /** The data directory (`--data-dir`), for commands that work on the server's database. */
+    dataDir: join(dataDir, 'data'),
     /** The one-time dashboard login link the server printed (empty with auth off, or once used by `loginLink`). */
     loginLink: '',
     /** Started with `--insecure-no-auth`. */
