@@ -166,6 +166,10 @@ function connectStats() {
       console.warn('FlightDeck: bad stats frame', err);
     }
   };
+  // The server's last frame when the session's token expires: the stream ends for good.
+  source.addEventListener('token-expired', () => {
+    if (state.statsSource === source) sessionEnded();
+  });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {
       // EventSource hides the status: a 401 means the session is over, anything else is retried.
