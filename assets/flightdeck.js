@@ -17,6 +17,14 @@
  * event at or before a position already handed out, so nothing is delivered twice and the order is
  * the server's log order. A handler that throws is reported and does not stop the subscription.
  *
+ * Tokens: a page on the server's own origin after a dashboard login needs nothing (the session
+ * cookie goes with every request). Anywhere else, pass `token`: a string, or a function returning
+ * one (or a Promise of one). It is sent as `access_token` in the stream's URL (the only place
+ * EventSource and WebSocket can carry it; the server logs no URLs). When the server ends a stream
+ * because its token expired, or refuses one with 401, a function is called again and the
+ * subscription resumes where it was with the new token; a string token cannot be renewed, so the
+ * subscription ends in the state `unauthorized` with a {@link FlightDeckError} to `onError`.
+ *
  * @module flightdeck
  */
 
@@ -51,6 +59,16 @@
  *   it. Handlers still receive events one by one; `onBatch` handlers receive each frame's events.
  * @property {'sse'|'ws'} [transport] Server-Sent Events (default) or WebSocket.
  * @property {ReconnectOptions} [reconnect] Backoff between reconnection attempts.
+ * @property {TokenOption} [token] The token to subscribe with (default: the client's, see
+ *   {@link connect}; without any, the browser's session cookie, which only the server's own origin
+ *   has).
+ */
+
+/**
+ * A token (`flightdeck token create --site S --subscribe`), or a function that returns one or a
+ * Promise of one: called on first use, and again whenever the server says the token expired or
+ * refuses it, so the application can fetch a fresh one from its own backend.
+ * @typedef {string|(() => string|Promise<string>)} TokenOption
  */
 
 /**
@@ -64,15 +82,18 @@
 /**
  * A subscription's life: `connecting` (first attempt), `open` (the server accepted it and
  * delivers), `reconnecting` (the connection was lost; it will resume by itself), `closed` (after
- * `close()`, or after the server refused the subscription itself).
- * @typedef {'connecting'|'open'|'reconnecting'|'closed'} SubscriptionState
+ * `close()`, or after the server refused the subscription itself), `unauthorized` (the token is
+ * missing, invalid or expired and cannot be renewed: a string token, or no token and no valid
+ * session cookie; like `closed`, nothing more happens; `onError` got the server's reason, code
+ * `token_expired`, `token_required` or `invalid_token`).
+ * @typedef {'connecting'|'open'|'reconnecting'|'closed'|'unauthorized'} SubscriptionState
  */
 
 /** The transports `subscribe` accepts. */
 export const TRANSPORTS = Object.freeze(['sse', 'ws']);
 
 /** The states a subscription goes through, see {@link SubscriptionState}. */
-export const STATES = Object.freeze(['connecting', 'open', 'reconnecting', 'closed']);
+export const STATES = Object.freeze(['connecting', 'open', 'reconnecting', 'closed', 'unauthorized']);
 
 const DEFAULT_RECONNECT = Object.freeze({ initialDelayMs: 500, maxDelayMs: 15000 });
 const POSITION = /^[0-9a-f]{32}$/;
@@ -82,7 +103,10 @@ const MAX_BATCH_EVENTS = 10000;
 const MAX_BATCH_DELAY_MS = 10000;
 /** WebSocket keep-alive: a ping this often, and a connection with no answer for twice as long is dropped. */
 const PING_INTERVAL_MS = 20000;
-const OPTION_NAMES = ['types', 'sites', 'stream', 'streamPrefix', 'where', 'from', 'batch', 'transport', 'reconnect'];
+const OPTION_NAMES = ['types', 'sites', 'stream', 'streamPrefix', 'where', 'from', 'batch', 'transport', 'reconnect', 'token'];
+const CONNECT_OPTION_NAMES = ['url', 'reconnect', 'token'];
+/** HTTP statuses that say the request itself is wrong (retrying it unchanged cannot help). */
+const isRefusal = (status) => status >= 400 && status < 500 && status !== 408 && status !== 429;
 
 /**
  * An error the server reported for a subscription (a refused filter, say), or a failure while
@@ -90,9 +114,10 @@ const OPTION_NAMES = ['types', 'sites', 'stream', 'streamPrefix', 'where', 'from
  */
 export class FlightDeckError extends Error {
   /**
-   * @param {string} code Machine-readable code: the server's (`invalid_filter`, ...), or
-   *   `handler_error` for an exception thrown by a handler, `bad_frame` for a frame that is not a
-   *   FlightDeck event.
+   * @param {string} code Machine-readable code: the server's (`invalid_filter`, `token_expired`,
+   *   `token_required`, `invalid_token`, ...), or `handler_error` for an exception thrown by a
+   *   handler, `bad_frame` for a frame that is not a FlightDeck event, `token_error` for a token
+   *   function that threw or returned no string (the subscription retries it with backoff).
    * @param {string} message What happened.
    * @param {{cause?: *}} [options]
    */
@@ -111,24 +136,27 @@ export class FlightDeckError extends Error {
  */
 export class FlightDeck {
   /**
-   * @param {{url?: string|URL, reconnect?: ReconnectOptions}} [options] `url`: the server's base URL
-   *   (default: where this module was loaded from, e.g. `http://host:8080/`); `reconnect`: default
-   *   backoff for this client's subscriptions.
+   * @param {{url?: string|URL, reconnect?: ReconnectOptions, token?: TokenOption}} [options] `url`:
+   *   the server's base URL (default: where this module was loaded from, e.g.
+   *   `http://host:8080/`); `reconnect`: default backoff for this client's subscriptions; `token`:
+   *   default token for them.
    */
   constructor(options = {}) {
     if (options === null || typeof options !== 'object') {
       throw new TypeError(`flightdeck: connect() takes an options object like {url: 'http://host:8080'}, got ${describe(options)}`);
     }
     for (const key of Object.keys(options)) {
-      if (key !== 'url' && key !== 'reconnect') {
-        throw new TypeError(`flightdeck: unknown connect() option ${JSON.stringify(key)} (known: url, reconnect)`);
+      if (!CONNECT_OPTION_NAMES.includes(key)) {
+        throw new TypeError(`flightdeck: unknown connect() option ${JSON.stringify(key)} (known: ${CONNECT_OPTION_NAMES.join(', ')})`);
       }
     }
     /** The server's base URL, ending in `/`. */
     this.baseUrl = baseUrl(options.url);
     this._reconnect = checkReconnect(options.reconnect, DEFAULT_RECONNECT, 'connect()');
-    /** @type {WsConnection|null} */
-    this._ws = null;
+    this._token = checkToken(options.token, 'connect()');
+    /** WebSocket connections, one per token (subscriptions with the same token share a socket).
+     * @type {Map<*, WsConnection>} */
+    this._ws = new Map();
   }
 
   /**
@@ -139,24 +167,31 @@ export class FlightDeck {
    * @throws {TypeError} for an unknown option or a value of the wrong kind, naming it.
    */
   subscribe(options = {}) {
-    const checked = checkOptions(options, this._reconnect);
+    const checked = checkOptions(options, this._reconnect, this._token);
     return new Subscription(this, checked);
   }
 
-  /** @returns {WsConnection} the shared WebSocket connection, created on first use. */
-  _wsConnection() {
-    if (!this._ws) {
-      this._ws = new WsConnection(this.baseUrl, () => {
-        this._ws = null;
+  /**
+   * @param {TokenOption|undefined} token
+   * @returns {WsConnection} the WebSocket connection shared by subscriptions with this token,
+   *   created on first use.
+   */
+  _wsConnection(token) {
+    let connection = this._ws.get(token);
+    if (!connection) {
+      connection = new WsConnection(this.baseUrl, token === undefined ? null : new TokenSource(token), () => {
+        if (this._ws.get(token) === connection) this._ws.delete(token);
       });
+      this._ws.set(token, connection);
     }
-    return this._ws;
+    return connection;
   }
 }
 
 /**
- * A client for a FlightDeck server other than the one this module was loaded from.
- * @param {{url?: string|URL, reconnect?: ReconnectOptions}} [options]
+ * A client for a FlightDeck server other than the one this module was loaded from, or with a
+ * default token for all its subscriptions.
+ * @param {{url?: string|URL, reconnect?: ReconnectOptions, token?: TokenOption}} [options]
  * @returns {FlightDeck}
  */
 export function connect(options) {
@@ -207,8 +242,8 @@ export class Subscription {
       this._emitState('connecting');
       this._transport =
         options.transport === 'ws'
-          ? new WsTransport(this, client._wsConnection())
-          : new SseTransport(this, client.baseUrl);
+          ? new WsTransport(this, client._wsConnection(options.token))
+          : new SseTransport(this, client.baseUrl, options.token === undefined ? null : new TokenSource(options.token));
     });
   }
 
@@ -297,6 +332,11 @@ export class Subscription {
     this._emitState('closed');
   }
 
+  /** Whether the subscription has ended (closed, or unauthorized for good). */
+  get _ended() {
+    return this._state === 'closed' || this._state === 'unauthorized';
+  }
+
   // ---- called by transports ----
 
   /** Where the next connection starts: after the last event handed out, or the requested start. */
@@ -306,7 +346,7 @@ export class Subscription {
 
   /** Hands new events to the handlers, dropping anything at or before the last position handed out. */
   _deliver(events) {
-    if (this._state === 'closed') return;
+    if (this._ended) return;
     const fresh = [];
     for (const event of events) {
       if (!event || typeof event !== 'object' || typeof event.position !== 'string' || !POSITION.test(event.position)) {
@@ -319,16 +359,16 @@ export class Subscription {
     }
     if (fresh.length === 0) return;
     for (const handler of this._batchHandlers) {
-      if (this._state === 'closed') return;
+      if (this._ended) return;
       this._call(handler, fresh, 'onBatch');
     }
     for (const event of fresh) {
       for (const handler of this._byType.get(event.type) ?? []) {
-        if (this._state === 'closed') return;
+        if (this._ended) return;
         this._call(handler, event, `on(${JSON.stringify(event.type)})`);
       }
       for (const handler of this._eventHandlers) {
-        if (this._state === 'closed') return;
+        if (this._ended) return;
         this._call(handler, event, 'onEvent');
       }
     }
@@ -342,7 +382,7 @@ export class Subscription {
     if (typeof position === 'string' && POSITION.test(position) && (this._last === null || position > this._last)) {
       this._last = position;
     }
-    if (this._state !== 'closed' && this._state !== 'open') this._emitState('open');
+    if (!this._ended && this._state !== 'open') this._emitState('open');
   }
 
   /** The connection was lost; the transport will try again. */
@@ -352,9 +392,20 @@ export class Subscription {
 
   /** The server refused the subscription itself: retrying cannot help. */
   _refused(error) {
-    if (this._state === 'closed') return;
+    if (this._ended) return;
     this._error(error);
     this.close();
+  }
+
+  /**
+   * The token is missing, invalid or expired, and cannot be renewed (a string token, or none):
+   * reports why and ends in the state `unauthorized`. The transport has already stopped.
+   */
+  _unauthorized(error) {
+    if (this._ended) return;
+    this._error(error);
+    if (this._transport) this._transport.close();
+    this._emitState('unauthorized');
   }
 
   _emitState(state) {
@@ -407,19 +458,89 @@ class Backoff {
 }
 
 /**
+ * A subscription's token: a fixed string, or a function asked for a fresh one when the server
+ * says the current one is no longer good. Concurrent refreshes share one call.
+ */
+class TokenSource {
+  /** @param {TokenOption} token */
+  constructor(token) {
+    this.token = token;
+    /** @type {string|null} the token in use (null: ask the function before the next connection) */
+    this.value = typeof token === 'string' ? token : null;
+    this.pending = null;
+  }
+
+  /** Whether a new token can be had (a function) or not (a string). */
+  get renewable() {
+    return typeof this.token === 'function';
+  }
+
+  /** @returns {Promise<string>} the token to connect with. */
+  get() {
+    if (this.value !== null) return Promise.resolve(this.value);
+    if (!this.pending) {
+      this.pending = Promise.resolve()
+        .then(() => this.token())
+        .then((value) => {
+          if (typeof value !== 'string' || value === '') {
+            throw new FlightDeckError(
+              'token_error',
+              `flightdeck: the token function must return a token string (or a Promise of one), got ${describe(value)}`,
+            );
+          }
+          this.value = value;
+          return value;
+        })
+        .catch((cause) => {
+          throw cause instanceof FlightDeckError
+            ? cause
+            : new FlightDeckError('token_error', `flightdeck: the token function failed: ${cause}`, { cause });
+        })
+        .finally(() => {
+          this.pending = null;
+        });
+    }
+    return this.pending;
+  }
+
+  /** The current token is no good: a function will be asked again on the next `get()`. */
+  invalidate() {
+    if (this.renewable) this.value = null;
+  }
+}
+
+/** A FlightDeckError from the server's answer or frame: `{"error": {code, message}}` or `{code, message}`. */
+function serverError(text, fallbackCode, what) {
+  let code = fallbackCode;
+  let message = String(text ?? '').slice(0, 500);
+  try {
+    const body = JSON.parse(text);
+    const error = body?.error ?? body;
+    code = typeof error?.code === 'string' ? error.code : code;
+    message = typeof error?.message === 'string' ? error.message : message;
+  } catch {
+    // Not FlightDeck's JSON: keep the text.
+  }
+  return new FlightDeckError(code, `flightdeck: ${what}: ${message}`);
+}
+
+/**
  * Server-Sent Events. EventSource's own reconnection is not used: it retries at a fixed interval
  * with no jitter, and gives up for good on any non-200 answer (such as the 503 of a server still
  * starting). Instead every failure closes the EventSource and a new one opens after a backoff, with
- * `from=<last position>`: what `Last-Event-ID` would have said.
+ * `from=<last position>`: what `Last-Event-ID` would have said. EventSource hides the status of a
+ * refused request, so a connection that never opened is asked again with `fetch` to read it.
  */
 class SseTransport {
   /**
    * @param {Subscription} sub
    * @param {string} base
+   * @param {TokenSource|null} tokens the subscription's token (null: the session cookie, if any)
    */
-  constructor(sub, base) {
+  constructor(sub, base, tokens) {
     this.sub = sub;
     this.base = base;
+    this.tokens = tokens;
     this.backoff = new Backoff(sub._options.reconnect);
     this.source = null;
     this.timer = null;
@@ -428,7 +549,7 @@ class SseTransport {
     this.open();
   }
 
-  url() {
+  url(token) {
     const o = this.sub._options;
     const query = new URLSearchParams();
     if (o.types.length) query.set('types', o.types.join(','));
@@ -438,12 +559,33 @@ class SseTransport {
     for (const [path, value] of Object.entries(o.where)) query.append('where', `${path}:${JSON.stringify(value)}`);
     query.set('from', this.sub._resumeFrom());
     if (o.batch) query.set('batch', `${o.batch.maxEvents},${o.batch.maxDelayMs}`);
+    if (token !== null) query.set('access_token', token);
     return `${this.base}api/events?${query}`;
   }
 
+  /** Connects: at once without a token, else once the token is known. */
   open() {
     if (this.closed) return;
-    const url = this.url();
+    if (!this.tokens) {
+      this.connect(null);
+      return;
+    }
+    this.tokens.get().then(
+      (token) => {
+        if (!this.closed && !this.source && !this.timer) this.connect(token);
+      },
+      (error) => {
+        // The application's token function failed (its backend unreachable, say): try again later.
+        if (this.closed) return;
+        this.sub._error(error);
+        this.sub._lost();
+        this.retry();
+      },
+    );
+  }
+
+  connect(token) {
+    const url = this.url(token);
     const source = new EventSource(url);
     let opened = false;
     this.source = source;
@@ -462,6 +604,13 @@ class SseTransport {
       } catch {
         // An older server without a start position: resume from the last event, as before.
       }
+    });
+    // The token expired: the server's last frame on this stream.
+    source.addEventListener('token-expired', (message) => {
+      if (this.source !== source) return;
+      source.close();
+      this.source = null;
+      this.unauthorized(serverError(message.data, 'token_expired', 'the token expired'), true);
     });
     source.onmessage = (message) => {
       if (this.source !== source) return;
@@ -489,6 +638,24 @@ class SseTransport {
     };
   }
 
+  /**
+   * The token is not (or no longer) good. A function token is asked for a new one and the
+   * subscription resumes, at once after an expiry in mid-stream, after the backoff after a refusal
+   * (so a function that keeps returning bad tokens does not spin); otherwise it ends.
+   */
+  unauthorized(error, expired) {
+    if (this.closed) return;
+    if (this.tokens?.renewable) {
+      this.tokens.invalidate();
+      this.sub._lost();
+      if (expired) this.open();
+      else this.retry();
+      return;
+    }
+    this.close();
+    this.sub._unauthorized(error);
+  }
+
   retry() {
     if (this.closed) return;
     this.timer = setTimeout(() => {
@@ -506,20 +673,15 @@ class SseTransport {
     };
     fetch(url, { signal: abort.signal, headers: { accept: 'text/event-stream' }, cache: 'no-store' })
       .then(async (response) => {
-        if (response.status >= 400 && response.status < 500 && response.status !== 408 && response.status !== 429) {
+        if (isRefusal(response.status)) {
           const text = await response.text().catch(() => '');
           done();
-          let code = `http_${response.status}`;
-          let message = text.slice(0, 500);
-          try {
-            const body = JSON.parse(text);
-            code = body.error?.code ?? code;
-            message = body.error?.message ?? message;
-          } catch {
-            // Not FlightDeck's JSON error: keep the text.
-          }
-          if (!this.closed) {
-            this.sub._refused(new FlightDeckError(code, `flightdeck: the server refused the subscription (${response.status}): ${message}`));
+          if (this.closed) return;
+          const refusal = `the server refused the subscription (${response.status})`;
+          if (response.status === 401) {
+            this.unauthorized(serverError(text, 'token_required', refusal), false);
+          } else {
+            this.sub._refused(serverError(text, `http_${response.status}`, refusal));
           }
           return;
         }
@@ -579,19 +741,27 @@ class WsTransport {
 }
 
 /**
- * The WebSocket shared by a client's `ws` subscriptions: opened with the first, closed with the
- * last. When it drops, it reconnects with backoff and subscribes everything again, each from its
- * own last position. A ping every 20 s detects dead connections.
+ * The WebSocket shared by a client's `ws` subscriptions with the same token: opened with the
+ * first, closed with the last. When it drops, it reconnects with backoff and subscribes everything
+ * again, each from its own last position. A ping every 20 s detects dead connections. The server
+ * closes it with code 4401 when its token expires; a refused handshake (401) shows in the browser
+ * only as a failed connection, so one that never opened is asked again with `fetch` (readable on
+ * the server's own origin; elsewhere CORS hides the answer and the connection just retries).
  */
 class WsConnection {
   /**
    * @param {string} base
+   * @param {TokenSource|null} tokens the connection's token (null: the session cookie, if any)
    * @param {() => void} onEmpty called when the last subscription leaves
    */
-  constructor(base, onEmpty) {
+  constructor(base, tokens, onEmpty) {
     const url = new URL('ws/events', base);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     this.url = url.href;
+    this.tokens = tokens;
+    /** Waiting for the token before connecting. */
+    this.opening = false;
+    this.probe = null;
     this.onEmpty = onEmpty;
     /** @type {Map<string, WsTransport>} */
     this.subs = new Map();
@@ -611,7 +781,7 @@ class WsConnection {
     // The first subscription's backoff settings apply to the socket.
     if (!this.backoff) this.backoff = new Backoff(transport.sub._options.reconnect);
     if (this.ready) this.send(transport.request());
-    else if (!this.socket && !this.timer) this.open();
+    else if (!this.socket && !this.timer && !this.opening) this.open();
   }
 
   remove(transport) {
@@ -628,12 +798,45 @@ class WsConnection {
     }
   }
 
+  /** Connects: at once without a token, else once the token is known. */
   open() {
-    const socket = new WebSocket(this.url);
+    if (!this.tokens) {
+      this.connect(null);
+      return;
+    }
+    this.opening = true;
+    this.tokens.get().then(
+      (token) => {
+        this.opening = false;
+        if (this.subs.size > 0 && !this.socket && !this.timer) this.connect(token);
+      },
+      (error) => {
+        // The application's token function failed: report it and try again later.
+        this.opening = false;
+        if (this.subs.size === 0) return;
+        this.broadcastError(error);
+        this.retry();
+      },
+    );
+  }
+
+  /** The socket's URL, with the token (the only way a browser's WebSocket can carry one). */
+  urlWith(token) {
+    if (token === null) return this.url;
+    const url = new URL(this.url);
+    url.searchParams.set('access_token', token);
+    return url.href;
+  }
+
+  connect(token) {
+    const url = this.urlWith(token);
+    const socket = new WebSocket(url);
     this.socket = socket;
     let alive = true;
+    let opened = false;
     socket.onopen = () => {
       if (this.socket !== socket) return;
+      opened = true;
       this.ready = true;
       for (const transport of this.subs.values()) this.send(transport.request());
       this.pinger = setInterval(() => {
@@ -659,7 +862,21 @@ class WsConnection {
       }
       this.handle(frame);
     };
-    socket.onclose = () => this.lost(socket);
+    socket.onclose = (event) => {
+      if (this.socket !== socket) return;
+      if (event.code === 4401) {
+        this.lost(socket, false);
+        this.unauthorized(
+          new FlightDeckError('token_expired', `flightdeck: the token expired: ${event.reason || 'closed with code 4401'}`),
+          true,
+        );
+      } else if (!opened) {
+        this.lost(socket, false);
+        this.check(url);
+      } else {
+        this.lost(socket);
+      }
+    };
     // An error is always followed by close.
     socket.onerror = () => {};
   }
@@ -708,8 +925,11 @@ class WsConnection {
     for (const transport of this.subs.values()) transport.sub._error(error);
   }
 
-  /** The socket closed (server shutdown, too slow, network): reconnect after a backoff. */
-  lost(socket) {
+  /**
+   * The socket closed (server shutdown, too slow, network): reconnect after a backoff (unless
+   * `reconnect` is false: the caller decides).
+   */
+  lost(socket, reconnect = true) {
     if (this.socket !== socket) return;
     this.socket = null;
     this.ready = false;
@@ -718,15 +938,68 @@ class WsConnection {
     socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
     if (this.subs.size === 0) return;
     for (const transport of this.subs.values()) transport.sub._lost();
+    if (reconnect) this.retry();
+  }
+
+  retry() {
+    if (this.timer || this.subs.size === 0) return;
     this.timer = setTimeout(() => {
       this.timer = null;
       if (this.subs.size > 0) this.open();
     }, this.backoff.next());
   }
 
+  /**
+   * The token is not (or no longer) good. A function token is asked for a new one and every
+   * subscription resumes from its own last position: at once after an expiry, after the backoff
+   * after a refusal. Otherwise every subscription on this socket ends `unauthorized`.
+   */
+  unauthorized(error, expired) {
+    if (this.subs.size === 0) return;
+    if (this.tokens?.renewable) {
+      this.tokens.invalidate();
+      if (expired) this.open();
+      else this.retry();
+      return;
+    }
+    const subs = [...this.subs.values()];
+    this.subs.clear();
+    this.shutdown();
+    for (const transport of subs) transport.sub._unauthorized(error);
+  }
+
+  /** A connection that never opened: reads the handshake's status with fetch; 401 is about the token. */
+  check(url) {
+    const abort = new AbortController();
+    this.probe = abort;
+    const done = () => {
+      if (this.probe === abort) this.probe = null;
+    };
+    const http = new URL(url);
+    http.protocol = http.protocol === 'wss:' ? 'https:' : 'http:';
+    fetch(http.href, { signal: abort.signal, cache: 'no-store' })
+      .then(async (response) => {
+        const text = response.status === 401 ? await response.text().catch(() => '') : '';
+        if (response.status !== 401) abort.abort();
+        done();
+        if (response.status === 401) {
+          this.unauthorized(serverError(text, 'token_required', 'the server refused the connection (401)'), false);
+        } else {
+          this.retry();
+        }
+      })
+      .catch(() => {
+        // Unreachable, another origin's answer hidden by CORS, or aborted by shutdown().
+        done();
+        this.retry();
+      });
+  }
+
   shutdown() {
     clearTimeout(this.timer);
     this.timer = null;
+    if (this.probe) this.probe.abort();
+    this.probe = null;
     clearInterval(this.pinger);
     this.pinger = null;
     const socket = this.socket;
@@ -743,7 +1016,7 @@ class WsConnection {
 
 // ---- argument checks ----
 
-function checkOptions(options, defaultReconnect) {
+function checkOptions(options, defaultReconnect, defaultToken) {
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new TypeError(`flightdeck: subscribe() takes an options object like {types: ['PageViewed']}, got ${describe(options)}`);
   }
@@ -831,7 +1104,17 @@ function checkOptions(options, defaultReconnect) {
     batch,
     transport,
     reconnect: checkReconnect(options.reconnect, defaultReconnect, 'subscribe()'),
+    token: options.token === undefined ? defaultToken : checkToken(options.token, 'subscribe()'),
   };
+}
+
+function checkToken(token, where) {
+  if (token === undefined || typeof token === 'function' || (typeof token === 'string' && token.trim() !== '')) {
+    return typeof token === 'string' ? token.trim() : token;
+  }
+  throw new TypeError(
+    `flightdeck: ${where} token must be a token string or a function returning one (or a Promise of one), got ${describe(token)}`,
+  );
 }
 
 function checkReconnect(value, defaults, where) {

@@ -447,7 +447,8 @@ process.on('SIGINT', () => {
 
 try {
   const load = [loadavg()];
-  [server, browser] = await Promise.all([startServer({ dataDir: dir }), startBrowser(args.driver)]);
+  // A benchmark of delivery and rendering, not of tokens: authentication off (`--insecure-no-auth`).
+  [server, browser] = await Promise.all([startServer({ dataDir: dir, auth: false }), startBrowser(args.driver)]);
   const runId = Date.now().toString(36);
   log(`server ${server.url} (${process.env.FLIGHTDECK_BIN ?? 'target/debug/flightdeck'}), ${RATE} events/s for ${SECONDS} s per case`);
   // Warm-up: the first page load and the first appends of a fresh database are slower.

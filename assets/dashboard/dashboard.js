@@ -8,6 +8,10 @@
 //   can never count an event twice on this page.
 // Rendering happens at most once per animation frame, whatever the event rate.
 //
+// Both go with the session cookie the login link set (same origin). When the session expires (the
+// event stream ends with `token-expired`, or a request answers 401), the page says so and stops:
+// reconnecting with the same cookie could never succeed.
+//
 // URL parameters: `site`, `type`, `page` (the filters), and for benchmarks and debugging
 // `transport=ws` (default: Server-Sent Events) and `batch=off` (one frame per event).
 
@@ -52,6 +56,8 @@ const state = {
   received: 0,
   /** Frames (server batches, or single events without batching) received since the page opened. */
   frames: 0,
+  /** The session ended (expired, or refused): the page stopped its live sources. */
+  sessionExpired: false,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -93,12 +99,17 @@ function connectEvents() {
   subscription.onState((s) => {
     if (state.subscription !== subscription) return;
     state.connection = s;
+    if (s === 'unauthorized') sessionEnded();
     scheduleRender();
   });
   subscription.onBatch(() => {
     state.frames += 1;
   });
   subscription.onEvent((event) => receive(event));
+  subscription.onError((error) => {
+    // An ended session is shown on the page (the 'unauthorized' state above), not logged.
+    if (!['token_expired', 'token_required', 'invalid_token'].includes(error.code)) console.error(error);
+  });
   state.subscription = subscription;
   scheduleRender();
 }
@@ -134,6 +145,7 @@ function statsQuery() {
 async function loadStats() {
   try {
     const response = await fetch(`/api/stats?${statsQuery()}`);
+    if (response.status === 401) sessionEnded();
     if (response.ok) acceptStats(await response.json());
   } catch (err) {
     // The live stream below retries by itself; a failed first load only delays the numbers.
@@ -154,12 +166,38 @@ function connectStats() {
       console.warn('FlightDeck: bad stats frame', err);
     }
   };
+  // The server's last frame when the session's token expires: the stream ends for good.
+  source.addEventListener('token-expired', () => {
+    if (state.statsSource === source) sessionEnded();
+  });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {
-      setTimeout(() => state.statsSource === source && connectStats(), 2000 + Math.random() * 1000);
+      // EventSource hides the status: a 401 means the session is over, anything else is retried.
+      fetch(`/api/stats?${statsQuery()}`, { cache: 'no-store' })
+        .then((response) => {
+          if (response.status === 401) sessionEnded();
+        })
+        .catch(() => {})
+        .finally(() => {
+          if (!state.sessionExpired) {
+            setTimeout(() => state.statsSource === source && connectStats(), 2000 + Math.random() * 1000);
+          }
+        });
     }
   };
   state.statsSource = source;
+}
+
+/** The session is over: stop every live source and say how to get back in. */
+function sessionEnded() {
+  if (state.sessionExpired) return;
+  state.sessionExpired = true;
+  if (state.statsSource) state.statsSource.close();
+  state.statsSource = null;
+  state.subscription?.close();
+  state.connection = 'unauthorized';
+  $('session-expired').hidden = false;
+  scheduleRender();
 }
 
 function acceptStats(stats) {
@@ -244,6 +282,7 @@ function renderConnection() {
     open: 'live',
     reconnecting: `reconnecting — resumes${resume}`,
     closed: 'disconnected',
+    unauthorized: 'session expired',
   }[state.connection] || state.connection;
   setText($('connection-text'), text);
   const title = resumeAt ? `resumes after position ${resumeAt}` : 'no event received yet: resumes from now';
@@ -491,6 +530,7 @@ function tick() {
 
 function applyFilters(event) {
   event?.preventDefault();
+  if (state.sessionExpired) return;
   state.filter = {
     site: $('filter-site').value,
     type: $('filter-type').value,

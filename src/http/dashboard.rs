@@ -3,10 +3,21 @@
 //!
 //! The page runs no inline script or style, so it is served with a Content Security Policy that
 //! allows only this origin's files: an injected `<script>` in event data could not run.
+//!
+//! With authentication on, `/` needs the session cookie that a login link sets (or any reading
+//! token): without one it answers 401 with a small static page saying how to get in, so a person
+//! who opens the address by hand learns what to do instead of seeing a dashboard that shows
+//! nothing. The files under `/assets/` stay public: they are the same for everyone.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use crate::auth::Action;
+
+use super::AppState;
+use super::auth::Access;
 
 /// Files under `/assets/`: path, content type, contents.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -20,15 +31,42 @@ const ASSETS: &[(&str, &str, &str)] = &[
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const INDEX: &str = include_str!("../../assets/dashboard/index.html");
+/// The page `/` shows without a session; `{{reason}}` is replaced by why (fixed sentences only).
+const LOGIN: &str = include_str!("../../assets/dashboard/login.html");
 
 /// Only this origin's scripts, styles and connections; never framed by another site.
 pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// `GET /`: the dashboard page.
-pub(super) async fn index() -> Response {
-    let mut response = file("text/html; charset=utf-8", INDEX);
+/// `GET /`: the dashboard page, or, without a valid session, the page that says how to log in.
+pub(super) async fn index(State(state): State<AppState>, parts: Parts) -> Response {
+    match Access::check(&parts, &state.auth, Action::Subscribe) {
+        Ok(_) => page(StatusCode::OK, INDEX.to_string()),
+        Err(err) => {
+            let reason = match (err.status, err.code) {
+                (_, "token_expired") => "Your session has expired.",
+                (_, "invalid_token") => {
+                    "Your session is not valid on this server (it was made with another secret, or is damaged)."
+                }
+                (StatusCode::FORBIDDEN, _) => "Your session does not allow reading.",
+                _ => "You are not logged in.",
+            };
+            let mut response = page(StatusCode::UNAUTHORIZED, LOGIN.replace("{{reason}}", reason));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"flightdeck\""));
+            response
+        }
+    }
+}
+
+/// An HTML page with the dashboard's security headers, never cached (it depends on the session).
+fn page(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));

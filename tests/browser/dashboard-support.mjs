@@ -7,6 +7,7 @@ import { createServer } from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { loginLink } from './harness.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const BINARY = process.env.FLIGHTDECK_BIN ?? join(ROOT, 'target/debug/flightdeck');
@@ -259,7 +260,9 @@ export async function waitSent(page, predicate, what) {
  * `window.feedSeen` maps each event id to the time (Date.now()) it first appeared in the feed's
  * DOM, and `window.connectionLog` lists every connection indicator change
  * `{state, resume, text, at}`. `page.problems` collects page errors and console errors (a
- * Content Security Policy violation is one).
+ * Content Security Policy violation is one). The context logs in first, as a person does: it opens
+ * a one-time login link (the one the server printed, then fresh ones), which sets the session
+ * cookie and redirects to the dashboard.
  */
 export async function openDashboard(browser, server, { query = '', viewport = { width: 1400, height: 1000 } } = {}) {
   const context = await browser.newContext({ viewport });
@@ -273,7 +276,13 @@ export async function openDashboard(browser, server, { query = '', viewport = { 
       page.problems.push(`console: ${m.text()}`);
     }
   });
-  await page.goto(`${server.url}/${query}`);
+  if (!server.insecure) {
+    const landed = await page.goto(await loginLink(server));
+    if (landed.status() !== 200 || new URL(landed.url()).pathname !== '/') {
+      throw new Error(`the login link led to ${landed.url()} (${landed.status()})`);
+    }
+  }
+  if (query !== '' || server.insecure) await page.goto(`${server.url}/${query}`);
   await page.waitForFunction(
     () => window.flightdeckDashboard?.connection === 'open' && document.getElementById('connection').dataset.state === 'open',
     null,

@@ -11,7 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { launchBrowser, removeDir, scratchDir, startServer } from './harness.mjs';
+import { createToken, launchBrowser, removeDir, scratchDir, startServer } from './harness.mjs';
 import {
   checkTop,
   countsOf,
@@ -153,7 +153,10 @@ describe('the tracker on a website and the dashboard', () => {
     // The stored form submission has the field names, never the values; nor does the feed.
     const session = await site.evaluate(() => window.flightdeck.session());
     const stream = `visit-test-site:${session}`;
-    const stored = await (await fetch(`${server.url}/api/streams/${encodeURIComponent(stream)}`)).json();
+    const reader = await createToken(server, ['--site', '*', '--subscribe', '--ttl', '10m']);
+    const stored = await (
+      await fetch(`${server.url}/api/streams/${encodeURIComponent(stream)}`, { headers: { authorization: `Bearer ${reader}` } })
+    ).json();
     assert.deepEqual(
       stored.events.map((e) => [e.type, e.data.path]),
       [['PageViewed', '/'], ['PageViewed', '/pricing'], ['ElementInteraction', '/pricing'], ['FormSubmitted', '/pricing']],

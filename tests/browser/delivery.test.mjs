@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
   TRANSPORTS,
+  createToken,
   ingest,
   launchBrowser,
   openPage,
@@ -210,6 +211,8 @@ test('bad arguments throw clear errors', async () => {
       () => subscribe().onEvent('not a function'),
       () => connect({ url: 'ftp://example.com' }),
       () => connect({ reconnect: { maxDelayMs: -1 } }),
+      () => subscribe({ token: 42 }),
+      () => connect({ token: '' }),
     ];
     return cases.map((run) => {
       try {
@@ -235,6 +238,8 @@ test('bad arguments throw clear errors', async () => {
     /onEvent\(handler\) needs a function, got "not a function"/,
     /url must be an http\(s\) URL.*ftp:/,
     /reconnect.maxDelayMs must be a number of milliseconds of at least 1, got -1/,
+    /subscribe\(\) token must be a token string or a function returning one.*got 42/,
+    /connect\(\) token must be a token string or a function returning one.*got ""/,
   ];
   assert.equal(messages.length, expected.length);
   messages.forEach((message, i) => {
@@ -309,11 +314,14 @@ async function countFrames(page) {
 
 test('a page on another origin loads the module and subscribes over WebSocket', { skip: !TRANSPORTS.includes('ws') }, async () => {
   const page = await browser.newPage();
+  // Another origin has no session cookie (and the server would refuse it from there): a token.
+  const token = await createToken(server, ['--site', '*', '--subscribe', '--ttl', '1h']);
   // about:blank: an origin other than the server's. The module is fetched with CORS.
   await page.setContent(`<script type="module">
     import { subscribe } from '${server.url}/flightdeck.js';
     window.got = [];
-    window.sub = subscribe({ transport: 'ws', types: ['CrossOrigin'] }).onEvent((event) => window.got.push(event.id));
+    window.sub = subscribe({ transport: 'ws', types: ['CrossOrigin'], token: ${JSON.stringify(token)} })
+      .onEvent((event) => window.got.push(event.id));
   </script>`);
   await page.waitForFunction(() => window.sub?.state === 'open');
   const [stored] = await ingest(server.url, { stream: `xo-${Date.now()}`, type: 'CrossOrigin', data: {} });

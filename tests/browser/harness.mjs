@@ -1,18 +1,27 @@
 // Shared support for the browser tests: the real `flightdeck serve` binary in a scratch data
 // directory, Debian's Chromium driven by playwright-core, a test page on the server's origin, and
 // ingestion over HTTP with retries.
+//
+// Servers run with authentication on, as users run them: each prints a one-time login link (kept
+// as `server.loginLink`), tokens come from `flightdeck token create` against the same data
+// directory (`createToken`), ingestion sends a publish token, and the test page is logged in
+// with a reading token in the session cookie.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const BINARY = process.env.FLIGHTDECK_BIN ?? join(ROOT, 'target/debug/flightdeck');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+/** The dashboard's session cookie (src/http/auth.rs). */
+export const SESSION_COOKIE = 'flightdeck_session';
 
 /** Every server started and not yet stopped, killed if the process exits or is stopped early. */
 const running = new Set();
@@ -50,15 +59,57 @@ export async function removeDir(dir) {
   dirs.delete(dir);
 }
 
-/**
- * `flightdeck serve` on `port` (0: any free port) with its data in `dataDir`, in a process group of
- * its own. Resolves once it listens and `/readyz` answers 200.
- */
-export async function startServer({ dataDir, port = 0, ready = true }) {
-  const env = { ...process.env, FLIGHTDECK_ADDR: `127.0.0.1:${port}`, FLIGHTDECK_LOG: 'info', NO_COLOR: '1' };
+/** The environment the binary runs with: the embedded PostgreSQL of the data directory. */
+function serverEnv(extra = {}) {
+  const env = { ...process.env, FLIGHTDECK_LOG: 'info', NO_COLOR: '1', ...extra };
   delete env.DATABASE_URL;
   delete env.FLIGHTDECK_PG_BIN_DIR;
-  const child = spawn(BINARY, ['serve', '--data-dir', join(dataDir, 'data')], {
+  delete env.FLIGHTDECK_AUTH_SECRET;
+  delete env.FLIGHTDECK_AUTH_SECRET_FILE;
+  return env;
+}
+
+/** Publish tokens by server URL, sent by `ingest` (a restarted server keeps its URL and secret). */
+const publishTokens = new Map();
+
+/**
+ * `flightdeck token create` against the data directory of `server` (the same secret file), with
+ * `args` (e.g. `['--site', '*', '--subscribe', '--ttl', '3s']`); resolves with what it printed
+ * (a token, or with `--login` a login link).
+ */
+export async function createToken(server, args) {
+  const { stdout } = await promisify(execFile)(
+    BINARY,
+    ['token', 'create', '--data-dir', server.dataDir, ...args],
+    { env: serverEnv(), timeout: 60_000 },
+  );
+  return stdout.trim();
+}
+
+/**
+ * A login link for `server`: the one it printed at start the first time, then new ones from
+ * `flightdeck token create --login` (each works once).
+ */
+export async function loginLink(server) {
+  const printed = server.loginLink;
+  if (printed) {
+    server.loginLink = '';
+    return printed;
+  }
+  return createToken(server, ['--login', '--site', '*', '--url', server.url]);
+}
+
+/**
+ * `flightdeck serve` on `port` (0: any free port) with its data in `dataDir`, in a process group of
+ * its own. Resolves once it listens and `/readyz` answers 200. Authentication is on unless `auth`
+ * is false (`--insecure-no-auth`, for benchmarks only); with it, `server.loginLink` is the
+ * one-time link it printed and `ingest` sends a publish token for it.
+ */
+export async function startServer({ dataDir, port = 0, ready = true, auth = true }) {
+  const env = serverEnv({ FLIGHTDECK_ADDR: `127.0.0.1:${port}` });
+  const args = ['serve', '--data-dir', join(dataDir, 'data')];
+  if (!auth) args.push('--insecure-no-auth');
+  const child = spawn(BINARY, args, {
     env,
     detached: true,
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -71,7 +122,8 @@ export async function startServer({ dataDir, port = 0, ready = true }) {
     child.stderr.on('data', (chunk) => {
       log += chunk;
       const found = /listening on http:\/\/(\S+)/.exec(log);
-      if (found) resolveAddr(found[1]);
+      // With authentication on, the login link follows the address: wait for both.
+      if (found && (!auth || /\/login\?token=\S+/.test(log))) resolveAddr(found[1]);
     });
     exited.then(({ code, signal }) => reject(new Error(`serve exited (${code ?? signal}) before listening:\n${log}`)));
   });
@@ -81,6 +133,10 @@ export async function startServer({ dataDir, port = 0, ready = true }) {
     port: 0,
     /** The data directory (`--data-dir`), for commands that work on the server's database. */
     dataDir: join(dataDir, 'data'),
+    /** The one-time dashboard login link the server printed (empty with auth off, or once used by `loginLink`). */
+    loginLink: '',
+    /** Started with `--insecure-no-auth`. */
+    insecure: !auth,
     log: () => log,
     exited,
     killNow() {
@@ -110,6 +166,12 @@ export async function startServer({ dataDir, port = 0, ready = true }) {
     const addr = await withTimeout(address, 60_000, () => `serve did not start listening:\n${log}`);
     server.url = `http://${addr}`;
     server.port = Number(addr.split(':').pop());
+    if (auth) {
+      server.loginLink = /(http:\/\/\S+\/login\?token=[A-Za-z0-9._-]+)/.exec(log)[1];
+      publishTokens.set(server.url, await createToken(server, ['--site', '*', '--publish', '--ttl', '1d']));
+    } else {
+      publishTokens.delete(server.url);
+    }
     if (ready) await waitReady(server);
   } catch (err) {
     server.killNow();
@@ -137,9 +199,12 @@ export async function waitReady(server) {
 
 /** POSTs one event or an array (one stream) and returns the stored `{id, position, ...}` list; throws on any non-2xx. */
 export async function ingest(baseUrl, events) {
+  const headers = { 'content-type': 'application/json' };
+  const token = publishTokens.get(baseUrl);
+  if (token) headers.authorization = `Bearer ${token}`;
   const response = await fetch(`${baseUrl}/api/events`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers,
     body: JSON.stringify(events),
   });
   const body = await response.json().catch(() => null);
@@ -209,10 +274,16 @@ const PAGE = `<!doctype html>
 
 /**
  * A page whose origin is `server` (it navigates to `/healthz`, then replaces the document), with
- * the client imported through a plain `<script type="module">` from `/flightdeck.js`.
+ * the client imported through a plain `<script type="module">` from `/flightdeck.js`. Its browser
+ * context holds a reading token in the session cookie (as a dashboard login leaves it), so
+ * same-origin subscriptions need no `token` option; `{ cookie: false }` leaves it out.
  */
-export async function openPage(browser, server) {
+export async function openPage(browser, server, { cookie = true } = {}) {
   const page = await browser.newPage();
+  if (cookie && publishTokens.has(server.url)) {
+    const value = await createToken(server, ['--site', '*', '--subscribe', '--ttl', '1d']);
+    await page.context().addCookies([{ name: SESSION_COOKIE, value, url: server.url, httpOnly: true, sameSite: 'Strict' }]);
+  }
   page.setDefaultTimeout(60_000);
   const problems = [];
   page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
