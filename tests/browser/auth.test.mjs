@@ -2,10 +2,6 @@
 // cookie and opens the dashboard, once; `/` without it is the login page (401); the JS client's
 // `token` option renews a function token across expiries without losing or repeating an event,
 // and reports a string token's expiry clearly; the dashboard says when its session has expired.
-//
-// The tests marked `needsEnforcement` rely on the server checking tokens on every read route
-// (branch `enforce`: 401 without a token, `event: token-expired` / close 4401 when one expires).
-// On a server that does not check them yet they are skipped, saying so.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -22,20 +18,16 @@ import {
   startServer,
   waitEvents,
   waitOpen,
+  watchProblems,
 } from './harness.mjs';
 
 let dir;
 let server;
 let browser;
-/** Whether the server refuses a read without a token (the `enforce` branch is in). */
-let enforced = false;
 
 before(async () => {
   dir = scratchDir();
   [server, browser] = await Promise.all([startServer({ dataDir: dir }), launchBrowser()]);
-  const probe = await fetch(`${server.url}/api/streams/probe`);
-  await probe.body?.cancel();
-  enforced = probe.status === 401;
 });
 
 after(async () => {
@@ -44,21 +36,7 @@ after(async () => {
   if (dir) await removeDir(dir);
 });
 
-const needsEnforcement = 'needs the server to check tokens on read routes (branch enforce)';
 
-/** A fresh browser context with the usual problem collection. */
-async function newPage(context) {
-  const page = await context.newPage();
-  page.setDefaultTimeout(60_000);
-  page.problems = [];
-  page.on('pageerror', (err) => page.problems.push(`page error: ${err.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && !/^(Failed to load resource|WebSocket connection to .* failed)/.test(m.text())) {
-      page.problems.push(`console: ${m.text()}`);
-    }
-  });
-  return page;
-}
 
 test('the printed login link sets the session cookie and opens the dashboard; a second use is refused', async () => {
   const link = server.loginLink;
@@ -66,7 +44,7 @@ test('the printed login link sets the session cookie and opens the dashboard; a 
   server.loginLink = ''; // used here
 
   const context = await browser.newContext();
-  const page = await newPage(context);
+  const page = watchProblems(await context.newPage());
   const landed = await page.goto(link);
   assert.equal(landed.status(), 200);
   assert.equal(new URL(page.url()).pathname, '/', 'redirected to the dashboard');
@@ -87,7 +65,7 @@ test('the printed login link sets the session cookie and opens the dashboard; a 
 
   // The same link in another browser: refused, no cookie, the dashboard not shown.
   const other = await browser.newContext();
-  const second = await newPage(other);
+  const second = watchProblems(await other.newPage());
   const refused = await second.goto(link);
   assert.equal(refused.status(), 401);
   const body = JSON.parse(await refused.text());
@@ -100,7 +78,7 @@ test('the printed login link sets the session cookie and opens the dashboard; a 
 
 test('/ without the session cookie is a login page that says how to get in (401, no script)', async () => {
   const context = await browser.newContext();
-  const page = await newPage(context);
+  const page = watchProblems(await context.newPage());
   const response = await page.goto(`${server.url}/`);
   assert.equal(response.status(), 401);
   assert.match(response.headers()['content-security-policy'], /script-src 'self'/);
@@ -119,7 +97,6 @@ test('/ without the session cookie is a login page that says how to get in (401,
 });
 
 test('a page without cookie or token gets no events: the client ends unauthorized', async (t) => {
-  if (!enforced) return t.skip(needsEnforcement);
   const page = await openPage(browser, server, { cookie: false });
   for (const transport of TRANSPORTS) {
     await page.evaluate((tr) => window.record(`anon-${tr}`, { types: ['Secret'], transport: tr }), transport);
@@ -139,7 +116,6 @@ test('a page without cookie or token gets no events: the client ends unauthorize
 for (const transport of TRANSPORTS) {
   describe(`token option over ${transport}`, () => {
     test('a function token whose tokens live 3 s: every event exactly once, in order, across expiries', async (t) => {
-      if (!enforced) return t.skip(needsEnforcement);
       const page = await openPage(browser, server, { cookie: false });
       let issued = 0;
       await page.exposeFunction('newToken', async () => {
@@ -175,7 +151,6 @@ for (const transport of TRANSPORTS) {
     });
 
     test('a string token that expires ends the subscription as unauthorized, with the reason', async (t) => {
-      if (!enforced) return t.skip(needsEnforcement);
       const page = await openPage(browser, server, { cookie: false });
       const token = await createToken(server, ['--site', '*', '--subscribe', '--ttl', '2s']);
       const type = `Fixed_${transport}`;
@@ -212,12 +187,11 @@ for (const transport of TRANSPORTS) {
 }
 
 test('the dashboard says "session expired" when its session ends, instead of reconnecting forever', async (t) => {
-  if (!enforced) return t.skip(needsEnforcement);
   // A session that lasts 3 s: a reading token in the cookie, as /login would set a 12 h one.
   const context = await browser.newContext();
   const token = await createToken(server, ['--site', '*', '--subscribe', '--ttl', '3s']);
   await context.addCookies([{ name: SESSION_COOKIE, value: token, url: server.url, httpOnly: true, sameSite: 'Strict' }]);
-  const page = await newPage(context);
+  const page = watchProblems(await context.newPage());
   assert.equal((await page.goto(`${server.url}/`)).status(), 200);
   await page.waitForFunction(() => window.flightdeckDashboard?.connection === 'open', null, { polling: 50 });
   await page.locator('#session-expired').waitFor({ state: 'visible', timeout: 15_000 });

@@ -7,7 +7,7 @@ import { createServer } from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { loginLink } from './harness.mjs';
+import { loginLink, watchProblems } from './harness.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const BINARY = process.env.FLIGHTDECK_BIN ?? join(ROOT, 'target/debug/flightdeck');
@@ -266,16 +266,7 @@ export async function waitSent(page, predicate, what) {
  */
 export async function openDashboard(browser, server, { query = '', viewport = { width: 1400, height: 1000 } } = {}) {
   const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.setDefaultTimeout(60_000);
-  page.problems = [];
-  page.on('pageerror', (err) => page.problems.push(`page error: ${err.message}`));
-  page.on('console', (m) => {
-    // A server being restarted makes the browser report failed connections itself.
-    if (m.type() === 'error' && !/^(Failed to load resource|WebSocket connection to .* failed)/.test(m.text())) {
-      page.problems.push(`console: ${m.text()}`);
-    }
-  });
+  const page = watchProblems(await context.newPage());
   if (!server.insecure) {
     const landed = await page.goto(await loginLink(server));
     if (landed.status() !== 200 || new URL(landed.url()).pathname !== '/') {

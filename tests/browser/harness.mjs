@@ -273,6 +273,23 @@ const PAGE = `<!doctype html>
 </body></html>`;
 
 /**
+ * Sets `page`'s default timeout and collects its page errors and console errors in
+ * `page.problems`. Network failures (a server being restarted, the favicon the server does not
+ * have) are the browser's own reports; anything else logged as an error is a problem.
+ */
+export function watchProblems(page) {
+  page.setDefaultTimeout(60_000);
+  page.problems = [];
+  page.on('pageerror', (err) => page.problems.push(`page error: ${err.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !/^(Failed to load resource|WebSocket connection to .* failed)/.test(message.text())) {
+      page.problems.push(`console: ${message.text()}`);
+    }
+  });
+  return page;
+}
+
+/**
  * A page whose origin is `server` (it navigates to `/healthz`, then replaces the document), with
  * the client imported through a plain `<script type="module">` from `/flightdeck.js`. Its browser
  * context holds a reading token in the session cookie (as a dashboard login leaves it), so
@@ -284,17 +301,7 @@ export async function openPage(browser, server, { cookie = true } = {}) {
     const value = await createToken(server, ['--site', '*', '--subscribe', '--ttl', '1d']);
     await page.context().addCookies([{ name: SESSION_COOKIE, value, url: server.url, httpOnly: true, sameSite: 'Strict' }]);
   }
-  page.setDefaultTimeout(60_000);
-  const problems = [];
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-  page.on('console', (message) => {
-    // Network failures (a server being restarted, the favicon the server does not have) are the
-    // browser's own reports; anything else logged as an error is a problem.
-    if (message.type() === 'error' && !/^(Failed to load resource|WebSocket connection to .* failed)/.test(message.text())) {
-      problems.push(`console: ${message.text()}`);
-    }
-  });
-  page.problems = problems;
+  watchProblems(page);
   await page.goto(`${server.url}/healthz`);
   await page.setContent(PAGE);
   await page.waitForFunction(() => window.pageReady === true);
