@@ -14,8 +14,8 @@ use crate::store::RecordedEvent;
 pub struct Filter {
     /// Event types to deliver (any of them); empty means all types.
     pub types: Vec<String>,
-    /// Sites whose events to deliver (any of them); empty means every site. Tenancy is the
-    /// integrator's (a token's scope narrows this list); here it is a plain condition.
+    /// Sites whose events to deliver (any of them); empty means every site. What the client asks
+    /// for; what it may see is [`Filter::scope`].
     pub sites: Vec<String>,
     /// Only this stream.
     pub stream: Option<String>,
