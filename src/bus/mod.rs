@@ -15,6 +15,7 @@ mod listener;
 mod pump;
 mod routing;
 mod subscription;
+mod thread;
 
 pub use batch::{Batching, Chunks};
 pub use delivered::Delivered;
@@ -34,6 +35,10 @@ use crate::store::{AppendOutcome, ExpectedVersion, GroupCommit, NewEvent, Positi
 
 /// The NOTIFY channel FlightDeck's wake-ups travel on.
 pub const CHANNEL: &str = "flightdeck_events";
+
+/// Connections of the bus thread's pool: two group-commit workers, the pump, and room for the
+/// appends a failed batch redoes one by one.
+const PIPELINE_CONNECTIONS: usize = 8;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -136,7 +141,10 @@ impl BusStats {
 }
 
 pub(crate) struct Shared {
+    /// The caller's store: replays and everything outside the bus thread.
     store: Store,
+    /// The same database through the bus thread's own pool (the pump reads with it).
+    pipeline: Store,
     options: BusOptions,
     events: broadcast::Sender<Arc<Delivered>>,
     /// The last position the pump has broadcast.
@@ -184,9 +192,9 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Starts the pump, the listener (on a dedicated connection made from `listen`) and the
-    /// notifier on `tasks`; they end when `shutdown` is cancelled. Live delivery starts at the
-    /// log's current head.
+    /// Starts the group-commit workers, the pump, the listener (on a dedicated connection made
+    /// from `listen`) and the notifier on the bus's own thread (`thread.rs`), which `tasks` tracks;
+    /// they end when `shutdown` is cancelled. Live delivery starts at the log's current head.
     pub async fn start(
         store: Store,
         listen: tokio_postgres::Config,
@@ -196,23 +204,38 @@ impl Bus {
     ) -> Result<Bus, StoreError> {
         let head = store.head().await?;
         let (events, _) = broadcast::channel(options.subscriber_queue.max(16));
-        let committer = GroupCommit::start(store.clone(), 2, shutdown.clone(), tasks);
-        let shared = Arc::new(Shared {
-            store,
-            options,
-            events,
-            delivered: watch::Sender::new(head),
-            hinted: watch::Sender::new(head),
-            local: watch::Sender::new(head),
-            wake: Notify::new(),
-            stats: BusStats::default(),
-            committer,
-            shutdown,
+        let thread = thread::BusThread::start(shutdown.clone(), tasks)?;
+        // The write-to-broadcast path runs on the bus thread, with its own pool (see `thread.rs`).
+        let pipeline = store.sibling(listen.clone(), PIPELINE_CONNECTIONS)?;
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            let weak = weak.clone();
+            // The committing worker wakes the pump itself, right after COMMIT, on the bus thread.
+            let on_commit = Arc::new(move |position: Position| {
+                if let Some(shared) = weak.upgrade() {
+                    raise(&shared.local, position);
+                    shared.hint(position);
+                }
+            });
+            let _bus_thread = thread.enter();
+            let committer = GroupCommit::start_with(pipeline.clone(), 2, on_commit, shutdown.clone(), thread.tracker());
+            Shared {
+                store,
+                pipeline,
+                options,
+                events,
+                delivered: watch::Sender::new(head),
+                hinted: watch::Sender::new(head),
+                local: watch::Sender::new(head),
+                wake: Notify::new(),
+                stats: BusStats::default(),
+                committer,
+                shutdown,
+            }
         });
         if shared.options.deliver {
-            tasks.spawn(pump::run(shared.clone()));
-            tasks.spawn(listener::listen(shared.clone(), listen.clone()));
-            tasks.spawn(listener::notify(shared.clone(), listen));
+            thread.spawn(pump::run(shared.clone()));
+            thread.spawn(listener::listen(shared.clone(), listen.clone()));
+            thread.spawn(listener::notify(shared.clone(), listen));
         }
         Ok(Bus { shared })
     }

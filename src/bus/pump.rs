@@ -42,7 +42,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// Reads and broadcasts everything readable after `position`.
 async fn drain(shared: &Shared, position: &mut Position) -> Result<(), StoreError> {
     loop {
-        let page = shared.store.read_all(*position, PAGE).await?;
+        let page = shared.pipeline.read_all(*position, PAGE).await?;
         shared.stats.catch_up_reads.fetch_add(1, Ordering::Relaxed);
         let full = page.len() == PAGE as usize;
         if let Some(last) = page.last() {

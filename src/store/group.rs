@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::event::{validate_append, with_ids};
 use super::fast_append::{IN_TRANSACTION, try_insert};
-use super::{AppendOutcome, ExpectedVersion, NewEvent, Store, StoreError};
+use super::{AppendOutcome, ExpectedVersion, NewEvent, Position, Store, StoreError};
 
 /// Most appends in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -45,6 +45,10 @@ pub struct GroupStats {
     pub fallbacks: AtomicU64,
 }
 
+/// Called by the committing worker with the last position of each append it committed, before
+/// the append's caller hears of it (the bus wakes its pump with it).
+pub type OnCommit = Arc<dyn Fn(Position) + Send + Sync>;
+
 /// A handle for grouped appends. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit {
@@ -63,11 +67,22 @@ impl GroupCommit {
     /// Starts `workers` committing tasks on `tasks`. After `shutdown` they finish what is queued,
     /// then end; later appends go straight to the store.
     pub fn start(store: Store, workers: usize, shutdown: CancellationToken, tasks: &TaskTracker) -> Self {
+        Self::start_with(store, workers, Arc::new(|_| {}), shutdown, tasks)
+    }
+
+    /// Like [`GroupCommit::start`], calling `on_commit` after each commit.
+    pub fn start_with(
+        store: Store,
+        workers: usize,
+        on_commit: OnCommit,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(MAX_BATCH * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(GroupStats::default());
         for _ in 0..workers.max(1) {
-            tasks.spawn(worker(store.clone(), receiver.clone(), shutdown.clone(), stats.clone()));
+            tasks.spawn(worker(store.clone(), receiver.clone(), shutdown.clone(), stats.clone(), on_commit.clone()));
         }
         GroupCommit { store, queue, stats }
     }
@@ -107,6 +122,7 @@ async fn worker(
     receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
     shutdown: CancellationToken,
     stats: Arc<GroupStats>,
+    on_commit: OnCommit,
 ) {
     loop {
         let batch = {
@@ -132,14 +148,19 @@ async fn worker(
             }
             batch
         };
-        commit(&store, batch, &stats).await;
+        commit(&store, batch, &stats, &*on_commit).await;
     }
 }
 
 /// Times a batch is retried without the append that spoiled it, before the rest go one by one.
 const MAX_ROUNDS: usize = 4;
 
-async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats) {
+async fn commit(
+    store: &Store,
+    mut batch: Vec<Request>,
+    stats: &GroupStats,
+    on_commit: &(dyn Fn(Position) + Send + Sync),
+) {
     let mut alone = Vec::new();
     for _ in 0..MAX_ROUNDS {
         if batch.len() < 2 {
@@ -152,6 +173,7 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats) {
                 for (request, outcome) in batch.drain(..).zip(outcomes) {
                     if let Some(last) = outcome.events.last() {
                         store.versions.record(&request.site, &request.stream, last.version);
+                        on_commit(last.position);
                     }
                     let _ = request.reply.send(Ok(outcome));
                 }
@@ -173,6 +195,9 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats) {
     alone.append(&mut batch);
     join_all(alone.into_iter().map(|request| async move {
         let result = store.append(&request.site, &request.stream, request.expected, &request.events).await;
+        if let Some(last) = result.as_ref().ok().and_then(|out| out.events.iter().map(|e| e.position).max()) {
+            on_commit(last);
+        }
         let _ = request.reply.send(result);
     }))
     .await;

@@ -23,7 +23,7 @@ pub use event::{
     AppendOutcome, AppendedEvent, DEFAULT_SITE, ExpectedVersion, MAX_NAME_BYTES, MAX_SITE_BYTES, NewEvent,
     RecordedEvent, ValidationError, is_valid_site, metadata_object, validate_name, validate_site,
 };
-pub use group::{GroupCommit, GroupStats, MAX_BATCH};
+pub use group::{GroupCommit, GroupStats, MAX_BATCH, OnCommit};
 pub use position::{Position, PositionError};
 pub use seed_append::SEED_CHANNEL;
 
@@ -62,6 +62,14 @@ impl Store {
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Store { pool, versions: Default::default() })
+    }
+
+    /// A store over a pool of its own (at most `max_connections`, made from `config`) that shares
+    /// this one's memory of stream versions: for work on another runtime, whose connections must
+    /// be opened there (a connection's I/O task runs on the runtime that opened it).
+    pub fn sibling(&self, config: tokio_postgres::Config, max_connections: usize) -> Result<Self, StoreError> {
+        let fresh = Store::new(config, max_connections)?;
+        Ok(Store { pool: fresh.pool, versions: self.versions.clone() })
     }
 
     /// The connection pool, for callers that need a raw connection (e.g. to open a transaction
