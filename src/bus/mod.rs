@@ -146,7 +146,9 @@ pub(crate) struct Shared {
     /// The same database through the bus thread's own pool (the pump reads with it).
     pipeline: Store,
     options: BusOptions,
-    events: broadcast::Sender<Arc<Delivered>>,
+    /// The live fan-out. Taken (dropped) at shutdown, which ends every live subscription: no
+    /// subscription has to watch the shutdown token for each event it receives.
+    events: std::sync::Mutex<Option<broadcast::Sender<Arc<Delivered>>>>,
     /// The last position the pump has broadcast.
     delivered: watch::Sender<Position>,
     /// The highest position anyone told us exists (appends here, notifications).
@@ -161,6 +163,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A receiver of the live fan-out; `None` once the bus has shut down.
+    fn join(&self) -> Option<broadcast::Receiver<Arc<Delivered>>> {
+        self.events.lock().ok()?.as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    /// Ends the live fan-out: every live subscription gets what was already sent to it, then
+    /// `Closed`.
+    fn close(&self) {
+        if let Ok(mut events) = self.events.lock() {
+            events.take();
+        }
+    }
+
     /// Records that `position` exists and wakes the pump.
     fn hint(&self, position: Position) {
         raise(&self.hinted, position);
@@ -222,7 +237,7 @@ impl Bus {
                 store,
                 pipeline,
                 options,
-                events,
+                events: std::sync::Mutex::new(Some(events)),
                 delivered: watch::Sender::new(head),
                 hinted: watch::Sender::new(head),
                 local: watch::Sender::new(head),
@@ -231,6 +246,11 @@ impl Bus {
                 committer,
                 shutdown,
             }
+        });
+        let closing = shared.clone();
+        thread.spawn(async move {
+            closing.shutdown.cancelled().await;
+            closing.close();
         });
         if shared.options.deliver {
             thread.spawn(pump::run(shared.clone()));
@@ -297,7 +317,7 @@ impl Bus {
 
     /// Number of live subscriptions.
     pub fn subscribers(&self) -> usize {
-        self.shared.events.receiver_count()
+        self.shared.events.lock().ok().and_then(|e| e.as_ref().map(broadcast::Sender::receiver_count)).unwrap_or(0)
     }
 
     /// Whether this bus delivers events (see [`BusOptions::deliver`]).

@@ -50,13 +50,17 @@ async fn drain(shared: &Shared, position: &mut Position) -> Result<(), StoreErro
         }
         shared.stats.delivered.fetch_add(page.len() as u64, Ordering::Relaxed);
         let now = chrono::Utc::now();
+        // Taken once per page; `None` after shutdown, when nothing is fanned out any more.
+        let events = shared.events.lock().ok().and_then(|e| e.clone());
         for event in page {
             // A database clock ahead of ours would make the lag negative: counted as zero.
             shared.stats.observe_lag((now - event.timestamp).to_std().unwrap_or_default());
             // Filtering at source: unpublished types are never fanned out.
-            if shared.options.routing.is_published(&event.event_type) {
+            if let Some(events) = &events
+                && shared.options.routing.is_published(&event.event_type)
+            {
                 // No receivers is fine: nobody is subscribed right now.
-                let _ = shared.events.send(Arc::new(Delivered::new(event)));
+                let _ = events.send(Arc::new(Delivered::new(event)));
             }
         }
         shared.delivered.send_replace(*position);

@@ -73,7 +73,7 @@ impl Subscription {
     pub(super) fn new(shared: Arc<Shared>, filter: Filter, start: Start) -> Self {
         let joined = *shared.delivered.borrow();
         let (phase, after, live) = match start {
-            Start::Now => (Phase::Live, None, Some(shared.events.subscribe())),
+            Start::Now => (Phase::Live, None, shared.join()),
             Start::Beginning => (Phase::Replay, Some(Position::START), None),
             Start::After(p) => (Phase::Replay, Some(p), None),
         };
@@ -113,7 +113,11 @@ impl State {
                                 _ = delivered.wait_for(|p| *p >= after) => {}
                                 _ = self.shared.shutdown.cancelled() => {}
                             }
-                            self.live = Some(self.shared.events.subscribe());
+                            let Some(live) = self.shared.join() else {
+                                self.phase = Phase::Done;
+                                return Some(Err(BusError::Closed));
+                            };
+                            self.live = Some(live);
                             self.went_live = false;
                         } else {
                             self.phase = Phase::Live;
@@ -128,18 +132,14 @@ impl State {
                     }
                 }
                 Phase::Live => {
+                    // No receiver: the bus had shut down when this subscription joined.
                     let Some(live) = self.live.as_mut() else {
                         self.phase = Phase::Done;
-                        continue;
+                        return Some(Err(BusError::Closed));
                     };
-                    let received = tokio::select! {
-                        received = live.recv() => received,
-                        _ = self.shared.shutdown.cancelled() => {
-                            self.phase = Phase::Done;
-                            return Some(Err(BusError::Closed));
-                        }
-                    };
-                    match received {
+                    // Shutdown closes the channel (`Shared::close`), so no shutdown future is
+                    // registered and dropped per event here.
+                    match live.recv().await {
                         Ok(event) => {
                             if self.after.is_some_and(|a| event.position <= a) {
                                 continue;

@@ -9,7 +9,10 @@
 //! bounded (`limits.rs`): over either, the answer is a 429 or 400 before the stream starts.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -84,63 +87,106 @@ pub(super) async fn stream(
     Ok(response)
 }
 
-struct BodyState {
+/// The response body: the `retry:` hint with a `subscribed` event carrying the start position,
+/// then one write per chunk of events, and keep-alive comments in quiet times. Ends (so the client
+/// reconnects with `Last-Event-ID`) when the subscription lags or the server shuts down, and after
+/// a `token-expired` frame at the token's expiry (the client must reconnect with a fresh token);
+/// dropping it (the client went away) unsubscribes.
+///
+/// Written by hand rather than with stream combinators so that an event costs no timer work: the
+/// expiry and keep-alive timers are registered once and moved only when they fire (the
+/// keep-alive then looks at when the last frame went out), where a `select!` per frame would
+/// register and cancel both for every event of every subscriber.
+struct Frames {
+    hello: Option<Bytes>,
     chunks: Chunks,
     batched: bool,
-    keep_alive: tokio::time::Interval,
+    keep_alive: Pin<Box<tokio::time::Sleep>>,
+    /// When the last frame was written: a keep-alive is due [`KEEP_ALIVE`] after it.
+    last_write: tokio::time::Instant,
     /// The token's expiry: the stream ends there.
-    deadline: Option<tokio::time::Instant>,
-    /// The `token-expired` frame has been sent: end.
-    expired: bool,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The `token-expired` frame has been sent, or the subscription ended: end.
+    done: bool,
     /// Counted in the subscribers gauge and the client's stream limit for as long as the body lives.
     _gauge: (SubscriberGauge, StreamPermit),
 }
 
-/// The response body: the `retry:` hint with a `subscribed` event carrying the start position, then one write per chunk of events, and keep-alive
-/// comments in quiet times. Ends (so the client reconnects with `Last-Event-ID`) when the
-/// subscription lags or the server shuts down, and after a `token-expired` frame at the token's
-/// expiry (the client must reconnect with a fresh token); dropping it (the client went away)
-/// unsubscribes.
 fn frames(
     chunks: Chunks,
     batched: bool,
     from: Position,
     deadline: Option<tokio::time::Instant>,
     gauge: (SubscriberGauge, StreamPermit),
-) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
-    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = BodyState { chunks, batched, keep_alive, deadline, expired: false, _gauge: gauge };
+) -> Frames {
+    let now = tokio::time::Instant::now();
     // A named event, so `onmessage` never sees it; its `id:` also makes a browser's own reconnect
     // resume from the start position.
     let hello = Bytes::from(format!(
         "retry: {}\nevent: subscribed\nid: {from}\ndata: {{\"position\":\"{from}\"}}\n\n",
         RETRY.as_millis()
     ));
-    let rest = futures::stream::unfold(state, |mut state| async move {
-        if state.expired {
-            return None;
+    Frames {
+        hello: Some(hello),
+        chunks,
+        batched,
+        keep_alive: Box::pin(tokio::time::sleep_until(now + KEEP_ALIVE)),
+        last_write: now,
+        expiry: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        done: false,
+        _gauge: gauge,
+    }
+}
+
+impl futures::Stream for Frames {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(hello) = this.hello.take() {
+            this.last_write = tokio::time::Instant::now();
+            return Poll::Ready(Some(Ok(hello)));
         }
-        let bytes = tokio::select! {
-            biased;
-            () = auth::expiry(state.deadline) => {
-                state.expired = true;
-                Bytes::from(auth::token_expired_sse())
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(expiry) = &mut this.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Bytes::from(auth::token_expired_sse()))));
+        }
+        match this.chunks.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(events))) => {
+                this.last_write = tokio::time::Instant::now();
+                return Poll::Ready(Some(Ok(render(&events, this.batched))));
             }
-            chunk = state.chunks.next() => match chunk? {
-                Ok(events) => render(&events, state.batched),
-                Err(err) => {
-                    // Lagged or shutting down: end the stream; the client resumes after its last id.
-                    tracing::debug!(%err, "closing an SSE stream");
-                    return None;
-                }
-            },
-            _ = state.keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
-        };
-        state.keep_alive.reset();
-        Some((Ok(bytes), state))
-    });
-    futures::stream::once(async move { Ok(hello) }).chain(rest)
+            Poll::Ready(Some(Err(err))) => {
+                // Lagged or shutting down: end the stream; the client resumes after its last id.
+                tracing::debug!(%err, "closing an SSE stream");
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        while this.keep_alive.as_mut().poll(cx).is_ready() {
+            let due = this.last_write + KEEP_ALIVE;
+            let now = tokio::time::Instant::now();
+            if due > now {
+                // Something was written since the timer was set: wait until 15 s after that.
+                this.keep_alive.as_mut().reset(due);
+                continue;
+            }
+            this.last_write = now;
+            this.keep_alive.as_mut().reset(now + KEEP_ALIVE);
+            return Poll::Ready(Some(Ok(Bytes::from_static(b": keep-alive\n\n"))));
+        }
+        Poll::Pending
+    }
 }
 
 /// Renders a chunk: one frame per event, or (batched) one frame holding a JSON array, whose `id:`
