@@ -12,7 +12,10 @@
 #      seed    `serve --append-mode seed` (one transaction per append with a pg_notify carrying
 #              the event, as the original sketch)
 # 2. Delivery (`flightdeck bench delivery`) against a normal server: 100 SSE subscribers at 1,000
-#    events/s, then 10,000 subscribers at 10 events/s.
+#    events/s, then 10,000 subscribers at 10 events/s. For this part only, the cluster runs with
+#    `track_commit_timestamp = on` (written into postgresql.auto.conf while it is stopped), and the
+#    bench reads PostgreSQL's commit timestamps to report commit→client; the ingestion runs keep
+#    the default (off), so they compare what they always compared.
 #
 # Every server uses FlightDeck's embedded, durable PostgreSQL in one scratch data directory (one
 # initdb), listens on loopback only, and is stopped with SIGTERM. Everything this script started
@@ -147,11 +150,23 @@ for mode in $(for _ in $(seq "$ROUNDS"); do echo on on-sse off seed seed off on-
 done
 
 echo "== delivery" >&2
+if [ ! -d "$DATA/postgres/data" ]; then
+    start_server init # no ingestion run created the cluster (BENCH_ROUNDS=0)
+    stop_server
+fi
+# Commit timestamps for commit→client; the setting takes effect at the server's start.
+echo "track_commit_timestamp = on" >>"$DATA/postgres/data/postgresql.auto.conf"
 start_server delivery
+# The embedded cluster listens only on a Unix socket: its directory and port are lines 5 and 4 of
+# postmaster.pid.
+PG_SOCKET=$(sed -n 5p "$DATA/postgres/data/postmaster.pid")
+PG_PORT=$(sed -n 4p "$DATA/postgres/data/postmaster.pid")
+COMMIT_TIMES="host=$PG_SOCKET port=$PG_PORT user=postgres dbname=postgres"
 delivery_case() {
     snapshot "$WORK/before"
     t0=$(now)
-    "$BIN" bench delivery --url "$URL" --subscribers "$1" --rate "$2" --seconds "$DELIVERY_SECS" --warmup 1 >"$WORK/delivery-$1.md"
+    "$BIN" bench delivery --url "$URL" --subscribers "$1" --rate "$2" --seconds "$DELIVERY_SECS" --warmup 1 \
+        --commit-times-url "$COMMIT_TIMES" >"$WORK/delivery-$1.md"
     t1=$(now)
     snapshot "$WORK/after"
     echo "$1 × $2/s, server and PostgreSQL over the whole case (opening streams included): \

@@ -14,17 +14,17 @@
 //!   `201`, which the server sends after the commit: a lower bound of commit-to-client latency
 //!   (negative when the event reached the subscriber before the publisher had its answer).
 //! * **send → client**: the time the frame was read minus when the publisher sent the POST.
+//! * **commit → client** (with `--commit-times-url`): the time the frame was read minus the commit
+//!   time of the transaction in the frame's `id:` (the event's position), looked up in PostgreSQL
+//!   after the case (`super::commit_times`).
 //!
 //! Events sent during the warm-up are checked but not timed. Delivered events/s is every frame
 //! received by every subscriber over the time from the first POST to the last frame.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +32,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::args::BenchDeliveryArgs;
 
 use super::client::{ClientBenchError, Connection, SseStream, Target, wall_micros};
+use super::commit_times::{CommitClock, Receipts, distinct_xids, join};
+use super::event_frame::{read_event, xid_of_position};
 use super::metrics::Scrape;
-use super::report::{DeliveryReport, PublishResult, SubscriberResult, print_delivery};
+use super::report::{CommitMeasure, DeliveryReport, PublishResult, SubscriberResult, print_delivery};
 use super::stats::{CpuMeter, Samples, Seen};
 
 /// How long every subscriber may take to connect, in total.
@@ -107,34 +109,22 @@ struct Shared {
     acked: Vec<AtomicI64>,
 }
 
-/// The part of an envelope the client reads.
-#[derive(Debug, Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    stream: Cow<'a, str>,
-    timestamp: DateTime<Utc>,
-    data: Probe,
-}
-
-/// The data the publisher puts in every event.
-#[derive(Debug, Deserialize)]
-struct Probe {
-    seq: u64,
-    #[serde(rename = "sentAtMicros")]
-    sent_at_micros: i64,
-}
-
 /// Runs every case against the server at `--url` and prints the results as Markdown.
 pub async fn run(args: &BenchDeliveryArgs) -> Result<(), ClientBenchError> {
     let plan = Plan::new(args)?;
     let target = Arc::new(Target::resolve(&args.url).await?.with_token(args.token.as_deref()));
+    // Connect first: a wrong connection string should fail before the run, not after it.
+    let clock = match &args.commit_times_url {
+        Some(url) => Some(CommitClock::connect(url).await?),
+        None => None,
+    };
     let mut reports = Vec::new();
     for &case in &plan.cases {
         eprintln!(
             "bench: {} subscribers × {} events/s for {} s (+{} s warm-up)",
             case.subscribers, case.rate, plan.seconds, plan.warmup
         );
-        let mut report = run_case(&target, &plan, case).await?;
+        let mut report = run_case(&target, &plan, case, clock.as_ref()).await?;
         eprintln!("bench: {}", report.one_line());
         reports.push(report);
         // Let the server notice the closed streams before the next case.
@@ -144,7 +134,12 @@ pub async fn run(args: &BenchDeliveryArgs) -> Result<(), ClientBenchError> {
     Ok(())
 }
 
-async fn run_case(target: &Arc<Target>, plan: &Plan, case: Case) -> Result<DeliveryReport, ClientBenchError> {
+async fn run_case(
+    target: &Arc<Target>,
+    plan: &Plan,
+    case: Case,
+    clock: Option<&CommitClock>,
+) -> Result<DeliveryReport, ClientBenchError> {
     let total = (f64::from(case.rate) * (plan.warmup + plan.seconds)).round() as u64;
     let shared = Arc::new(Shared {
         prefix: format!("bench-delivery-{}-", &uuid::Uuid::now_v7().simple().to_string()[20..]),
@@ -199,9 +194,34 @@ async fn run_case(target: &Arc<Target>, plan: &Plan, case: Case) -> Result<Deliv
     let mut published = published;
     published.acked = shared.acked.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     let measured_from = usize::try_from(shared.measured_from).unwrap_or(usize::MAX);
+    // After the timed part (and the CPU meter), so the lookup costs the measurement nothing.
+    let commit = match clock {
+        Some(clock) => commit_latency(clock, &results, measured_from).await,
+        None => CommitMeasure::NotAsked,
+    };
     let mut report = DeliveryReport::new(measured_from, case, open_secs, published, results, client_cores);
     report.server_lag = lag;
+    report.commit = commit;
     Ok(report)
+}
+
+/// Looks up the commit time of every transaction the subscribers received (timed events only) and
+/// joins them with the receipt times. A failure is reported, not fatal: the other columns stand.
+async fn commit_latency(clock: &CommitClock, results: &[SubscriberResult], from: usize) -> CommitMeasure {
+    let receipts = || results.iter().map(|r| Receipts { received: &r.received, xids: &r.xids });
+    let measured = async {
+        if let Some(why) = clock.unavailable().await? {
+            return Ok(CommitMeasure::NotMeasured(why));
+        }
+        let xids = distinct_xids(receipts(), from);
+        let times = clock.commit_times(&xids).await?;
+        Ok::<_, ClientBenchError>(CommitMeasure::Measured(join(receipts(), from, &times, xids.len())))
+    };
+    let measure = measured.await.unwrap_or_else(|e| CommitMeasure::NotMeasured(e.to_string()));
+    if let CommitMeasure::NotMeasured(why) = &measure {
+        eprintln!("bench: commit→client is not measured: {why}");
+    }
+    measure
 }
 
 /// Waits until every subscriber has its stream open, or fails.
@@ -252,21 +272,22 @@ async fn subscriber(target: Arc<Target>, shared: Arc<Shared>) -> Result<Subscrib
             first_frame = true;
             // The `subscribed` frame that opens the stream is not an event.
             let (Some(data), None) = (frame.data, frame.event) else { return };
-            match serde_json::from_str::<Envelope>(&data) {
-                Ok(env) if env.stream.starts_with(shared.prefix.as_str()) => {
+            match read_event(&data, &shared.prefix) {
+                Some(event) => {
                     out.frames += 1;
                     out.last_received = now;
-                    let seq = env.data.seq;
+                    let seq = event.seq;
                     if seen.record(seq) {
                         // `record` accepted it, so it is below `total`.
                         out.received[seq as usize] = now;
+                        out.xids[seq as usize] = frame.id.and_then(xid_of_position).unwrap_or(0);
                         if seq >= shared.measured_from {
-                            out.commit.push(now - env.timestamp.timestamp_micros());
-                            out.send.push(now - env.data.sent_at_micros);
+                            out.stored.push(now - event.stored_micros);
+                            out.send.push(now - event.sent_at_micros);
                         }
                     }
                 }
-                _ => out.other += 1,
+                None => out.other += 1,
             }
         });
         let more = tokio::select! {

@@ -64,9 +64,10 @@ pub async fn run(args: &BenchIngestArgs) -> Result<(), ClientBenchError> {
         let (stop, received, prefix) = (stop.clone(), received.clone(), prefix.clone());
         subscribers.push(tokio::spawn(async move {
             let needle = format!("\"stream\":\"{prefix}");
+            let needle = memchr::memmem::Finder::new(needle.as_bytes());
             loop {
                 let read = sse.read_frames(|frame, _| {
-                    if frame.data.is_some_and(|d| d.contains(&needle)) {
+                    if frame.data.is_some_and(|d| needle.find(&d).is_some()) {
                         received.fetch_add(1, Ordering::Relaxed);
                     }
                 });

@@ -5,7 +5,9 @@
 
 pub mod append;
 pub mod client;
+pub mod commit_times;
 pub mod delivery;
+pub mod event_frame;
 pub mod ingest;
 pub mod metrics;
 mod report;

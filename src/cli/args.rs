@@ -353,6 +353,14 @@ pub struct BenchDeliveryArgs {
     /// --publish`), for a server that requires tokens.
     #[arg(long, env = "FLIGHTDECK_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Measure commit→client: a connection string (libpq key=value or postgres:// URL) to the
+    /// server's PostgreSQL, whose `track_commit_timestamp` must be on (it needs a restart). After
+    /// each case the commit time of every transaction received is looked up there. For the
+    /// embedded cluster: `host=<data dir>/postgres user=postgres dbname=postgres` (the socket
+    /// directory is line 5 of `<data dir>/postgres/data/postmaster.pid`). Separate from
+    /// DATABASE_URL on purpose: the measurement is asked for, never implied.
+    #[arg(long, value_name = "CONNINFO")]
+    pub commit_times_url: Option<String>,
 }
 
 /// `flightdeck bench ingest`.
