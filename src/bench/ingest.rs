@@ -49,7 +49,7 @@ pub async fn run(args: &BenchIngestArgs) -> Result<(), ClientBenchError> {
     let path = target.path("/api/events");
     let prefix = format!("bench-ingest-{}-", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let mut probe = Connection::open(&target).await?;
-    let (status, body) = probe.post_json(&path, event(&format!("{prefix}probe"), 0).as_bytes()).await?;
+    let (status, body) = probe.post_json(&path, event(&format!("probe-{prefix}"), 0).as_bytes()).await?;
     if status != 201 {
         let body = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return Err(ClientBenchError::Status { what: format!("POST {path}"), status, body });
