@@ -149,17 +149,13 @@ pub(crate) struct Shared {
     /// The live fan-out. Taken (dropped) at shutdown, which ends every live subscription: no
     /// subscription has to watch the shutdown token for each event it receives.
     events: std::sync::Mutex<Option<broadcast::Sender<Arc<Delivered>>>>,
-    /// The last position broadcast, moved only by `pump::offer` (under this lock).
-    cursor: std::sync::Mutex<Position>,
-    /// The last position broadcast, for watchers (subscriptions joining the broadcast).
+    /// The last position the pump has broadcast.
     delivered: watch::Sender<Position>,
     /// The highest position anyone told us exists (appends here, notifications).
     hinted: watch::Sender<Position>,
     /// The highest position appended by this process, for the notifier to announce.
     local: watch::Sender<Position>,
     wake: Notify,
-    /// Set with a wake-up that must read even though no newer position was hinted.
-    must_read: std::sync::atomic::AtomicBool,
     stats: BusStats,
     /// Appends made through the bus share transactions (see `store::GroupCommit`).
     committer: GroupCommit,
@@ -167,11 +163,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The last position broadcast.
-    fn cursor(&self) -> Position {
-        self.cursor.lock().map_or_else(|poisoned| *poisoned.into_inner(), |cursor| *cursor)
-    }
-
     /// A receiver of the live fan-out; `None` once the bus has shut down.
     fn join(&self) -> Option<broadcast::Receiver<Arc<Delivered>>> {
         self.events.lock().ok()?.as_ref().map(broadcast::Sender::subscribe)
@@ -183,13 +174,6 @@ impl Shared {
         if let Ok(mut events) = self.events.lock() {
             events.take();
         }
-    }
-
-    /// Wakes the pump to read the log whatever it has broadcast (e.g. the listener reconnected:
-    /// notifications may have been missed).
-    fn read_now(&self) {
-        self.must_read.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
     }
 
     /// Records that `position` exists and wakes the pump.
@@ -239,21 +223,25 @@ impl Bus {
         // The write-to-broadcast path runs on the bus thread, with its own pool (see `thread.rs`).
         let pipeline = store.sibling(listen.clone(), PIPELINE_CONNECTIONS)?;
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
-            // The committing worker reads behind its COMMIT and broadcasts (`pump::Committed`).
-            let hook = Arc::new(pump::Committed(weak.clone()));
+            let weak = weak.clone();
+            // The committing worker wakes the pump itself, right after COMMIT, on the bus thread.
+            let on_commit = Arc::new(move |position: Position| {
+                if let Some(shared) = weak.upgrade() {
+                    raise(&shared.local, position);
+                    shared.hint(position);
+                }
+            });
             let _bus_thread = thread.enter();
-            let committer = GroupCommit::start_with(pipeline.clone(), 2, hook, shutdown.clone(), thread.tracker());
+            let committer = GroupCommit::start_with(pipeline.clone(), 2, on_commit, shutdown.clone(), thread.tracker());
             Shared {
                 store,
                 pipeline,
                 options,
                 events: std::sync::Mutex::new(Some(events)),
-                cursor: std::sync::Mutex::new(head),
                 delivered: watch::Sender::new(head),
                 hinted: watch::Sender::new(head),
                 local: watch::Sender::new(head),
                 wake: Notify::new(),
-                must_read: Default::default(),
                 stats: BusStats::default(),
                 committer,
                 shutdown,

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::event::{validate_append, with_ids};
 use super::fast_append::{IN_TRANSACTION, try_insert};
-use super::{AppendOutcome, ExpectedVersion, NewEvent, Position, RecordedEvent, Store, StoreError, read};
+use super::{AppendOutcome, ExpectedVersion, NewEvent, Position, Store, StoreError};
 
 /// Most appends in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -45,32 +45,9 @@ pub struct GroupStats {
     pub fallbacks: AtomicU64,
 }
 
-/// The bus's part in each commit (see `bus::Shared`): the committing worker reads the log right
-/// after its COMMIT, on the same connection and in the same round trip (the read is sent before
-/// the COMMIT's answer arrives, and PostgreSQL runs it after the COMMIT), and hands what it read
-/// to the bus before the append's caller hears of the commit. The bus then broadcasts without a
-/// read of its own, one round trip and a few task switches sooner.
-pub trait CommitHook: Send + Sync {
-    /// Where the log should be read from after a commit; `None`: do not read.
-    fn read_after(&self) -> Option<Position>;
-    /// Appends committed, the last at `last`; `page` is the log read after the position
-    /// [`CommitHook::read_after`] gave (`None` if not read, or the read failed).
-    fn committed(&self, last: Position, page: Option<(Position, Vec<RecordedEvent>)>);
-}
-
-/// A hook that reads nothing and is told nothing.
-struct NoHook;
-
-impl CommitHook for NoHook {
-    fn read_after(&self) -> Option<Position> {
-        None
-    }
-
-    fn committed(&self, _: Position, _: Option<(Position, Vec<RecordedEvent>)>) {}
-}
-
-/// Events read after a commit.
-const PAGE: u32 = 1000;
+/// Called by the committing worker with the last position of each append it committed, before
+/// the append's caller hears of it (the bus wakes its pump with it).
+pub type OnCommit = Arc<dyn Fn(Position) + Send + Sync>;
 
 /// A handle for grouped appends. Cheap to clone.
 #[derive(Clone)]
@@ -90,14 +67,14 @@ impl GroupCommit {
     /// Starts `workers` committing tasks on `tasks`. After `shutdown` they finish what is queued,
     /// then end; later appends go straight to the store.
     pub fn start(store: Store, workers: usize, shutdown: CancellationToken, tasks: &TaskTracker) -> Self {
-        Self::start_with(store, workers, Arc::new(NoHook), shutdown, tasks)
+        Self::start_with(store, workers, Arc::new(|_| {}), shutdown, tasks)
     }
 
-    /// Like [`GroupCommit::start`], with `hook` taking part in each commit.
+    /// Like [`GroupCommit::start`], calling `on_commit` after each commit.
     pub fn start_with(
         store: Store,
         workers: usize,
-        on_commit: Arc<dyn CommitHook>,
+        on_commit: OnCommit,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Self {
@@ -145,7 +122,7 @@ async fn worker(
     receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
     shutdown: CancellationToken,
     stats: Arc<GroupStats>,
-    on_commit: Arc<dyn CommitHook>,
+    on_commit: OnCommit,
 ) {
     loop {
         let batch = {
@@ -178,22 +155,25 @@ async fn worker(
 /// Times a batch is retried without the append that spoiled it, before the rest go one by one.
 const MAX_ROUNDS: usize = 4;
 
-async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats, hook: &dyn CommitHook) {
+async fn commit(
+    store: &Store,
+    mut batch: Vec<Request>,
+    stats: &GroupStats,
+    on_commit: &(dyn Fn(Position) + Send + Sync),
+) {
     let mut alone = Vec::new();
     for _ in 0..MAX_ROUNDS {
         if batch.len() < 2 {
             break;
         }
-        match together(store, &batch, hook.read_after()).await {
-            Ok((outcomes, page)) => {
+        match together(store, &batch).await {
+            Ok(outcomes) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
                 stats.grouped_appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if let Some(last) = outcomes.iter().flat_map(|o| o.events.iter().map(|e| e.position)).max() {
-                    hook.committed(last, page);
-                }
                 for (request, outcome) in batch.drain(..).zip(outcomes) {
                     if let Some(last) = outcome.events.last() {
                         store.versions.record(&request.site, &request.stream, last.version);
+                        on_commit(last.position);
                     }
                     let _ = request.reply.send(Ok(outcome));
                 }
@@ -214,11 +194,9 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats, hook
     // Whatever is left, and the appends taken out, each in a transaction of its own.
     alone.append(&mut batch);
     join_all(alone.into_iter().map(|request| async move {
-        let after = hook.read_after();
-        let (result, page) =
-            store.append_and_read(&request.site, &request.stream, request.expected, &request.events, after, PAGE).await;
+        let result = store.append(&request.site, &request.stream, request.expected, &request.events).await;
         if let Some(last) = result.as_ref().ok().and_then(|out| out.events.iter().map(|e| e.position).max()) {
-            hook.committed(last, after.zip(page));
+            on_commit(last);
         }
         let _ = request.reply.send(result);
     }))
@@ -227,12 +205,7 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats, hook
 
 /// Runs the whole batch in one transaction; any hitch rolls it all back and names the append that
 /// caused it, if one did.
-/// With `after`, the log is read after it right behind the COMMIT (see [`CommitHook`]).
-async fn together(
-    store: &Store,
-    batch: &[Request],
-    after: Option<Position>,
-) -> Result<(Vec<AppendOutcome>, Option<(Position, Vec<RecordedEvent>)>), Option<usize>> {
+async fn together(store: &Store, batch: &[Request]) -> Result<Vec<AppendOutcome>, Option<usize>> {
     let client = store.pool().get().await.map_err(|_| None)?;
     client.batch_execute("BEGIN").await.map_err(|_| None)?;
     // All the batch's statements are sent at once (tokio-postgres pipelines concurrent queries on
@@ -254,17 +227,9 @@ async fn together(
             }
         }
     }
-    // Sent in this order on one connection (each future sends on its first poll), so PostgreSQL
-    // reads after the COMMIT: one round trip for both.
-    let read = async {
-        match after {
-            Some(after) => read::all(&client, after, PAGE).await.ok().map(|page| (after, page)),
-            None => None,
-        }
-    };
-    match futures::future::join(client.batch_execute("COMMIT"), read).await {
-        (Ok(()), page) => Ok((outcomes, page)),
-        (Err(_), _) => {
+    match client.batch_execute("COMMIT").await {
+        Ok(()) => Ok(outcomes),
+        Err(_) => {
             let _ = client.batch_execute("ROLLBACK").await;
             Err(None)
         }

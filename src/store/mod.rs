@@ -23,7 +23,7 @@ pub use event::{
     AppendOutcome, AppendedEvent, DEFAULT_SITE, ExpectedVersion, MAX_NAME_BYTES, MAX_SITE_BYTES, NewEvent,
     RecordedEvent, ValidationError, is_valid_site, metadata_object, validate_name, validate_site,
 };
-pub use group::{CommitHook, GroupCommit, GroupStats, MAX_BATCH};
+pub use group::{GroupCommit, GroupStats, MAX_BATCH, OnCommit};
 pub use position::{Position, PositionError};
 pub use seed_append::SEED_CHANNEL;
 
@@ -115,41 +115,6 @@ impl Store {
                 }
                 other => return other,
             }
-        }
-    }
-
-    /// [`Store::append`], then (with `after`) the global log after `after`, at most `limit`
-    /// events, on the same connection in the same round trip: the read is sent right behind the
-    /// append's statement, so PostgreSQL runs it once that statement has committed (usually; the
-    /// first use of a connection prepares statements, and any order is correct for a reader). The
-    /// read is `None` if not asked for, or if it failed.
-    pub(crate) async fn append_and_read(
-        &self,
-        site: &str,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-        after: Option<Position>,
-        limit: u32,
-    ) -> (Result<AppendOutcome, StoreError>, Option<Vec<RecordedEvent>>) {
-        let events = event::with_ids(events);
-        let client = match self.pool.get().await {
-            Ok(client) => client,
-            Err(err) => return (Err(err.into()), None),
-        };
-        let read = async {
-            match after {
-                Some(after) => read::all(&client, after, limit).await.ok(),
-                None => None,
-            }
-        };
-        let append = fast_append::append(&client, &self.versions, site, stream, expected, &events);
-        match futures::future::join(append, read).await {
-            (Err(StoreError::Retry), _) => {
-                drop(client);
-                (self.append(site, stream, expected, &events).await, None)
-            }
-            (result, page) => (result, page),
         }
     }
 
