@@ -1,15 +1,15 @@
-//! The bus's own threads: the path from an append to its broadcast runs on a dedicated runtime
-//! (two threads, `flightdeck-bus`), apart from the runtime that writes to subscribers' sockets.
+//! The bus's own thread: the path from an append to its broadcast runs on a dedicated
+//! single-threaded runtime, apart from the runtime that writes to subscribers' sockets.
 //!
 //! Why: at 100 subscribers × 1,000 events/s every event wakes 100 connection tasks. On a shared
 //! runtime the next event's steps (the COMMIT's answer, the hint, the pump's read and its answer)
 //! each wait in the run queue behind that fan-out, so the path from commit to broadcast grew from
-//! under 1 ms to 4–9 ms under load (docs/benchmarks.md). On threads of their own, each step runs
-//! as soon as the operating system wakes the thread, which it does promptly for threads that use
+//! under 1 ms to 4–9 ms under load (docs/benchmarks.md). On a thread of its own, each step runs as
+//! soon as the operating system wakes the thread, which it does promptly for a thread that uses
 //! little CPU. The group-commit workers, the pump, the listener and the notifier run here, on
 //! their own small connection pool (a connection's I/O task runs on the runtime that opened it).
 //!
-//! The runtime ends after shutdown, once every task spawned on it has ended; the caller's
+//! The thread ends after shutdown, once every task spawned on it has ended; the caller's
 //! [`TaskTracker`] counts it, so waiting on that tracker waits for this thread's work too.
 
 use std::future::Future;
@@ -19,9 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::store::StoreError;
-
-/// Threads of the bus's runtime.
-const WORKERS: usize = 2;
 
 /// A running bus thread.
 pub(super) struct BusThread {
@@ -34,20 +31,13 @@ impl BusThread {
     /// `outer` tracks it.
     pub(super) fn start(shutdown: CancellationToken, outer: &TaskTracker) -> Result<Self, StoreError> {
         let unavailable = |e: std::io::Error| StoreError::Unavailable(format!("cannot start the bus thread: {e}"));
-        // Two workers, as the two group-commit workers could use before they moved here: at
-        // several thousand appends per second, encoding and decoding them is real work.
-        let runtime = Builder::new_multi_thread()
-            .worker_threads(WORKERS)
-            .thread_name("flightdeck-bus")
-            .enable_all()
-            .build()
-            .map_err(unavailable)?;
+        let runtime = Builder::new_current_thread().enable_all().build().map_err(unavailable)?;
         let handle = runtime.handle().clone();
         let tracker = TaskTracker::new();
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let inner = tracker.clone();
         std::thread::Builder::new()
-            .name("flightdeck-bus-main".into())
+            .name("flightdeck-bus".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     shutdown.cancelled().await;
