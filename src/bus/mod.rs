@@ -176,22 +176,26 @@ impl Shared {
         }
     }
 
-    /// Records that `position` exists and wakes the pump.
+    /// Records that `position` exists and wakes the pump, unless it was already hinted (a wake-up
+    /// for it is then pending or done: `Notify` keeps a permit for a pump that is busy reading),
+    /// so the same commit hinted twice (by the committing worker, then by `Bus::append`) costs
+    /// one read, not two.
     fn hint(&self, position: Position) {
-        raise(&self.hinted, position);
-        self.wake.notify_one();
+        if raise(&self.hinted, position) {
+            self.wake.notify_one();
+        }
     }
 }
 
-/// Raises a watched position, waking watchers only when it grows.
-fn raise(watch: &watch::Sender<Position>, position: Position) {
+/// Raises a watched position, waking watchers only when it grows; says whether it grew.
+fn raise(watch: &watch::Sender<Position>, position: Position) -> bool {
     watch.send_if_modified(|current| {
         let newer = position > *current;
         if newer {
             *current = position;
         }
         newer
-    });
+    })
 }
 
 /// A handle on the bus. Cheap to clone.
