@@ -116,3 +116,45 @@ async fn grouped_appends_to_one_stream_keep_versions_dense_and_in_log_order() {
     // After shutdown, appends still work (straight to the store).
     group.append("default", "late", ExpectedVersion::Any, &[NewEvent::new("E", json!(1))]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_mismatch_does_not_roll_back_the_appends_it_was_grouped_with() {
+    let db = common::test_db().await;
+    let (group, shutdown, tasks) = start(&db).await;
+    db.store.append("default", "taken", ExpectedVersion::Any, &[NewEvent::new("Seed", json!(0))]).await.unwrap();
+    let barrier = Arc::new(Barrier::new(64));
+    let handles: Vec<_> = (0..64)
+        .map(|i| {
+            let group = group.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                // Every fourth append expects a version the stream does not have.
+                let (stream, expected) = if i % 4 == 0 {
+                    ("taken".to_string(), ExpectedVersion::Exact(7))
+                } else {
+                    (format!("fresh-{i}"), ExpectedVersion::NoStream)
+                };
+                group.append("default", &stream, expected, &[NewEvent::new("E", json!(i))]).await
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let result = handle.await.unwrap();
+        if i % 4 == 0 {
+            assert!(matches!(result, Err(StoreError::Conflict { actual: 1, .. })), "{result:?}");
+        } else {
+            assert_eq!(result.unwrap().events[0].version, 1);
+        }
+    }
+    let stats = group.stats();
+    // A statement that inserts nothing aborts nothing: no batch was rolled back and redone.
+    assert_eq!(stats.fallbacks.load(Ordering::Relaxed), 0);
+    assert!(stats.transactions.load(Ordering::Relaxed) < stats.grouped_appends.load(Ordering::Relaxed));
+    let client = db.connect().await;
+    let count: i64 = client.query_one("SELECT count(*) FROM flightdeck.events", &[]).await.unwrap().get(0);
+    assert_eq!(count, 1 + 48);
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use crate::store::Position;
 
@@ -124,18 +124,18 @@ async fn session(
 /// themselves never take NOTIFY's commit-time lock.
 pub(super) async fn notify(shared: Arc<Shared>, config: tokio_postgres::Config) {
     let mut local = shared.local.subscribe();
-    let mut conn: Option<(Client, Driver)> = None;
+    let mut conn: Option<(Client, Driver, Statement)> = None;
     loop {
         tokio::select! {
             changed = local.changed() => if changed.is_err() { return },
             _ = shared.shutdown.cancelled() => return,
         }
         let position = *local.borrow_and_update();
-        if conn.as_ref().is_none_or(|(_, d)| d.0.is_finished()) {
-            conn = connect(&config, None).await.ok();
+        if conn.as_ref().is_none_or(|(_, d, _)| d.0.is_finished()) {
+            conn = notifier(&config).await.ok();
         }
-        if let Some((client, _)) = &conn {
-            let sent = client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &position.to_string()]).await;
+        if let Some((client, _, statement)) = &conn {
+            let sent = client.execute(statement, &[&CHANNEL, &position.to_string()]).await;
             if let Err(err) = sent {
                 tracing::debug!(error = %err, "could not send a wake-up; other processes will poll");
                 conn = None;
@@ -146,4 +146,18 @@ pub(super) async fn notify(shared: Arc<Shared>, config: tokio_postgres::Config) 
             _ = shared.shutdown.cancelled() => return,
         }
     }
+}
+
+/// The notifier's connection, with its statement prepared once.
+///
+/// Its transactions commit asynchronously (`synchronous_commit = off`): a wake-up is a hint, not
+/// data, so it need not wait for its commit record to reach the disk. Waiting would cost a WAL
+/// flush per wake-up, and for that whole flush the wake-up's transaction (a notifying transaction
+/// takes an xid) would hold back the visibility horizon, which keeps the pump from reading events
+/// committed meanwhile (`store/read.rs`).
+async fn notifier(config: &tokio_postgres::Config) -> Result<(Client, Driver, Statement), tokio_postgres::Error> {
+    let (client, driver) = connect(config, None).await?;
+    client.batch_execute("SET synchronous_commit = off").await?;
+    let statement = client.prepare("SELECT pg_notify($1, $2)").await?;
+    Ok((client, driver, statement))
 }

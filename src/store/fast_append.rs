@@ -69,6 +69,20 @@ pub(crate) const IN_TRANSACTION: (&str, &str) =
 const NEXT_SQL: &str = "INSERT INTO flightdeck.events AS e (id, stream_id, version, type, data, metadata, site) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING e.xid::text, e.seq";
 
+/// Parameter types of the one-event statements (`$1`..`$7`).
+const ONE_TYPES: [Type; 7] = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB, Type::TEXT];
+/// Parameter types of the several-events statement.
+const MANY_TYPES: [Type; 7] =
+    [Type::UUID_ARRAY, Type::TEXT, Type::INT8, Type::TEXT_ARRAY, Type::JSONB_ARRAY, Type::JSONB_ARRAY, Type::TEXT];
+
+/// Prepares (or finds in the connection's cache) both statements of `sql`, so that a later
+/// [`try_insert`] with them sends its request as soon as it is first polled.
+pub(crate) async fn prepare(client: &Object, (one_sql, many_sql): (&str, &str)) -> Result<(), tokio_postgres::Error> {
+    client.prepare_typed_cached(one_sql, &ONE_TYPES).await?;
+    client.prepare_typed_cached(many_sql, &MANY_TYPES).await?;
+    Ok(())
+}
+
 /// Appends in a transaction of its own on `client` (which must not be inside a transaction).
 pub(crate) async fn append(
     client: &Object,
@@ -119,8 +133,7 @@ pub(crate) async fn try_insert(
     let mut appended = Vec::with_capacity(events.len());
     let next = known.filter(|&v| v > 0 && expected.to_sql().is_none_or(|e| e == v as i64));
     if let ([event], Some(last)) = (events, next) {
-        let types = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB, Type::TEXT];
-        let statement = client.prepare_typed_cached(NEXT_SQL, &types).await?;
+        let statement = client.prepare_typed_cached(NEXT_SQL, &ONE_TYPES).await?;
         let version = last as i64 + 1;
         let row = client
             .query_one(
@@ -130,8 +143,7 @@ pub(crate) async fn try_insert(
             .await?;
         appended.push(appended_event(ids[0], site, stream, version, &row.try_get::<_, String>(0)?, row.try_get(1)?));
     } else if let [event] = events {
-        let types = [Type::UUID, Type::TEXT, Type::INT8, Type::TEXT, Type::JSONB, Type::JSONB, Type::TEXT];
-        let statement = client.prepare_typed_cached(one_sql, &types).await?;
+        let statement = client.prepare_typed_cached(one_sql, &ONE_TYPES).await?;
         let metadata = Json(&event.metadata);
         let row = client
             .query_opt(&statement, &[&ids[0], &stream, &expected_sql, &event.event_type, &event.data, &metadata, &site])
@@ -140,16 +152,7 @@ pub(crate) async fn try_insert(
         let (version, xid) = (row.try_get(1)?, row.try_get::<_, String>(2)?);
         appended.push(appended_event(ids[0], site, stream, version, &xid, row.try_get(3)?));
     } else {
-        let types = [
-            Type::UUID_ARRAY,
-            Type::TEXT,
-            Type::INT8,
-            Type::TEXT_ARRAY,
-            Type::JSONB_ARRAY,
-            Type::JSONB_ARRAY,
-            Type::TEXT,
-        ];
-        let statement = client.prepare_typed_cached(many_sql, &types).await?;
+        let statement = client.prepare_typed_cached(many_sql, &MANY_TYPES).await?;
         let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
         let metadata: Vec<Json<&serde_json::Map<String, serde_json::Value>>> =

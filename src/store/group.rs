@@ -2,25 +2,29 @@
 //! flush per request, while each request keeps its own answer and its own conflicts.
 //!
 //! A worker takes whatever appends are queued (up to [`MAX_BATCH`]) and runs them in one
-//! transaction, each as the fast statement with the xid-order check (`fast_append.rs`). Nothing is
-//! delayed to form a batch: requests that arrive while a commit is in flight form the next one, so
-//! a lone request costs one queue hop, and a burst costs one flush per batch. If any request in
-//! the batch does not insert cleanly (a version conflict, a reused id, a race on a stream), the
-//! batch is rolled back, that request is appended on its own (`Store::append`), which gives it its
-//! exact outcome, and the rest try again together (a few rounds, then one by one). Ids are fixed
-//! before queueing, so a request that had in fact committed
-//! (a lost COMMIT answer) is recognized as a retry, never stored twice.
+//! transaction, each as the fast statement with the xid-order check (`fast_append.rs`), sending
+//! `BEGIN`, the statements and `COMMIT` in one round trip (see [`together`]). Nothing is delayed to
+//! form a batch: requests that arrive while a commit is in flight form the next one, so a lone
+//! request costs one queue hop, and a burst costs one flush per batch. An append that inserted
+//! nothing (a version or site mismatch, a younger transaction ahead on its stream) does not hold
+//! the others back: they commit, and it is redone on its own (`Store::append`), which gives it its
+//! exact outcome. A statement that fails (a reused id, a race on a new stream) aborts the
+//! transaction: that append is taken out and the rest try again together (a few rounds, then one
+//! by one). Ids are fixed before queueing, so a request that had in fact committed (a lost COMMIT
+//! answer) is recognized as a retry, never stored twice.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
-use futures::future::join_all;
+use futures::future::{join_all, maybe_done};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::event::{validate_append, with_ids};
-use super::fast_append::{IN_TRANSACTION, try_insert};
+use super::fast_append::{IN_TRANSACTION, prepare, try_insert};
 use super::{AppendOutcome, ExpectedVersion, NewEvent, Position, Store, StoreError};
 
 /// Most appends in one transaction.
@@ -169,18 +173,25 @@ async fn commit(
         match together(store, &batch).await {
             Ok(outcomes) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
-                stats.grouped_appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for (request, outcome) in batch.drain(..).zip(outcomes) {
-                    if let Some(last) = outcome.events.last() {
-                        store.versions.record(&request.site, &request.stream, last.version);
-                        on_commit(last.position);
+                    match outcome {
+                        Some(outcome) => {
+                            stats.grouped_appends.fetch_add(1, Ordering::Relaxed);
+                            if let Some(last) = outcome.events.last() {
+                                store.versions.record(&request.site, &request.stream, last.version);
+                                on_commit(last.position);
+                            }
+                            let _ = request.reply.send(Ok(outcome));
+                        }
+                        // It inserted nothing (a version or site mismatch, or a younger
+                        // transaction wrote the stream first): its own path says why or retries.
+                        None => alone.push(request),
                     }
-                    let _ = request.reply.send(Ok(outcome));
                 }
                 break;
             }
-            // That append (a conflict, a reused id, a race) gets its exact outcome on its own;
-            // the others try again together.
+            // That append (a reused id, a race on a stream) aborted the transaction; it gets its
+            // exact outcome on its own, and the others try again together.
             Err(Some(index)) => {
                 stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                 alone.push(batch.remove(index));
@@ -191,7 +202,8 @@ async fn commit(
             }
         }
     }
-    // Whatever is left, and the appends taken out, each in a transaction of its own.
+    // Whatever is left, and the appends taken out, each in a transaction of its own. An append
+    // whose outcome was unknown (a lost COMMIT answer) is recognized there as already stored.
     alone.append(&mut batch);
     join_all(alone.into_iter().map(|request| async move {
         let result = store.append(&request.site, &request.stream, request.expected, &request.events).await;
@@ -203,35 +215,63 @@ async fn commit(
     .await;
 }
 
-/// Runs the whole batch in one transaction; any hitch rolls it all back and names the append that
-/// caused it, if one did.
-async fn together(store: &Store, batch: &[Request]) -> Result<Vec<AppendOutcome>, Option<usize>> {
+/// Runs the whole batch in one transaction and one round trip: `BEGIN`, every append's statement
+/// and `COMMIT` are sent together, before any answer comes back (tokio-postgres pipelines the
+/// requests of one connection and PostgreSQL runs them in the order sent). Where a batch took
+/// three round trips (BEGIN, the statements, COMMIT), each waking the database and the bus thread,
+/// it now takes one.
+///
+/// Sending `COMMIT` before seeing the statements' answers is safe because each statement either
+/// inserts all of its append's events or none:
+/// - a statement that inserted nothing (`None` for its append) changed nothing, and the others
+///   commit without it;
+/// - a statement that failed aborts the transaction, and PostgreSQL answers the `COMMIT` of an
+///   aborted transaction by rolling it back: nothing of the batch is stored, and the index of the
+///   first failed statement is returned;
+/// - if `COMMIT` itself fails, whether the batch was stored is unknown (`Err(None)`); ids are fixed
+///   before queueing, so redoing each append alone recognizes what was in fact stored.
+async fn together(store: &Store, batch: &[Request]) -> Result<Vec<Option<AppendOutcome>>, Option<usize>> {
     let client = store.pool().get().await.map_err(|_| None)?;
-    client.batch_execute("BEGIN").await.map_err(|_| None)?;
-    // All the batch's statements are sent at once (tokio-postgres pipelines concurrent queries on
-    // one connection, and runs them in the order sent): one round trip for the batch instead of
-    // one per append. After a failed statement the rest fail too ("transaction is aborted"), so
-    // the first that did not insert cleanly is the one that spoiled the batch.
-    let results = join_all(batch.iter().map(|request| {
-        try_insert(&client, None, IN_TRANSACTION, &request.site, &request.stream, request.expected, &request.events)
-    }))
+    // Prepared beforehand (cached per connection after the first batch), so that each statement
+    // below sends its request when first polled instead of waiting for a Parse.
+    prepare(&client, IN_TRANSACTION).await.map_err(|_| None)?;
+    let begin = maybe_done(client.batch_execute("BEGIN"));
+    let statements = batch.iter().map(|request| {
+        let insert = try_insert(
+            &client,
+            None,
+            IN_TRANSACTION,
+            &request.site,
+            &request.stream,
+            request.expected,
+            &request.events,
+        );
+        Box::pin(maybe_done(insert))
+    });
+    let mut statements: Vec<_> = statements.collect();
+    let commit = maybe_done(client.batch_execute("COMMIT"));
+    let (mut begin, mut commit) = (std::pin::pin!(begin), std::pin::pin!(commit));
+    // One poll each, in order: that sends every request, in this order, before any answer is read.
+    std::future::poll_fn(|cx| {
+        let _ = begin.as_mut().poll(cx);
+        for statement in &mut statements {
+            let _ = statement.as_mut().poll(cx);
+        }
+        let _ = commit.as_mut().poll(cx);
+        Poll::Ready(())
+    })
     .await;
+    futures::join!(begin.as_mut(), join_all(statements.iter_mut().map(|s| s.as_mut())), commit.as_mut());
+    let begun = begin.as_mut().take_output().is_some_and(|r| r.is_ok());
+    let committed = commit.as_mut().take_output().is_some_and(|r| r.is_ok());
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (index, result) in results.into_iter().enumerate() {
-        match result {
-            Ok(Some(outcome)) => outcomes.push(outcome),
-            _ => {
-                // A failed statement aborted the transaction; ROLLBACK ends it either way.
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(Some(index));
-            }
+    for (index, statement) in statements.iter_mut().enumerate() {
+        match statement.as_mut().take_output() {
+            Some(Ok(outcome)) => outcomes.push(outcome),
+            // The transaction was aborted here and rolled back by the COMMIT; if BEGIN had failed
+            // (a broken connection), what ran on its own is unknown.
+            _ => return Err(begun.then_some(index)),
         }
     }
-    match client.batch_execute("COMMIT").await {
-        Ok(()) => Ok(outcomes),
-        Err(_) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(None)
-        }
-    }
+    if begun && committed { Ok(outcomes) } else { Err(None) }
 }
