@@ -229,7 +229,9 @@ async fn commit(
 ///   aborted transaction by rolling it back: nothing of the batch is stored, and the index of the
 ///   first failed statement is returned;
 /// - if `COMMIT` itself fails, whether the batch was stored is unknown (`Err(None)`); ids are fixed
-///   before queueing, so redoing each append alone recognizes what was in fact stored.
+///   before queueing, so redoing each append alone recognizes what was in fact stored. The same
+///   holds in the one case where part of a batch could be stored despite an error: a statement
+///   failing in the client before it was sent, while the others committed.
 async fn together(store: &Store, batch: &[Request]) -> Result<Vec<Option<AppendOutcome>>, Option<usize>> {
     let client = store.pool().get().await.map_err(|_| None)?;
     // Prepared beforehand (cached per connection after the first batch), so that each statement
@@ -270,8 +272,20 @@ async fn together(store: &Store, batch: &[Request]) -> Result<Vec<Option<AppendO
             Some(Ok(outcome)) => outcomes.push(outcome),
             // The transaction was aborted here and rolled back by the COMMIT; if BEGIN had failed
             // (a broken connection), what ran on its own is unknown.
-            _ => return Err(begun.then_some(index)),
+            _ => {
+                if !committed {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                }
+                return Err(begun.then_some(index));
+            }
         }
     }
-    if begun && committed { Ok(outcomes) } else { Err(None) }
+    if begun && committed {
+        Ok(outcomes)
+    } else {
+        // A connection must not go back to the pool inside a transaction; after a COMMIT that
+        // was answered (even with an error) there is none, and this is a no-op.
+        let _ = client.batch_execute("ROLLBACK").await;
+        Err(None)
+    }
 }
