@@ -3,6 +3,7 @@
 //!
 //! - the LISTEN connection terminated (`pg_terminate_backend`) every 100–200 ms during a
 //!   10,000-event ingest from 8 concurrent writers, through two servers;
+//! - the connections that append terminated every 100–200 ms during a 5,000-event ingest;
 //! - PostgreSQL restarted mid-stream: a fast shutdown, then a crash (immediate shutdown);
 //! - the FlightDeck server restarted mid-stream: SIGTERM, then SIGKILL, the client resuming on
 //!   the new one each time;
@@ -120,15 +121,21 @@ impl Ingest {
     }
 }
 
-/// Terminates the listener's backend (`LISTEN …`, or its liveness probe `SELECT 1`) in the current
-/// database every 100–200 ms until stopped; returns how many backends it terminated.
+/// The listener's backend (`LISTEN …`, or its liveness probe `SELECT 1`).
+const LISTENER: &str = "query LIKE 'LISTEN%' OR query = 'SELECT 1'";
+/// The backends that append: their last statement was a group-commit batch's (`BEGIN`, the
+/// INSERT, `COMMIT`) or a lone append's.
+const APPENDERS: &str = "query IN ('BEGIN', 'COMMIT') OR query LIKE 'INSERT INTO flightdeck.events%'";
+
+/// Terminates the backends `which` selects (SQL on `pg_stat_activity`) in the current database
+/// every 100–200 ms until stopped; returns how many backends it terminated.
 struct Killer {
     stop: CancellationToken,
     task: JoinHandle<u64>,
 }
 
 impl Killer {
-    fn start(admin: tokio_postgres::Client) -> Killer {
+    fn start(admin: tokio_postgres::Client, which: &'static str) -> Killer {
         let stop = CancellationToken::new();
         let cancelled = stop.clone();
         let task = tokio::spawn(async move {
@@ -136,9 +143,10 @@ impl Killer {
             while !cancelled.is_cancelled() {
                 let rows = admin
                     .query(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                         WHERE datname = current_database() AND pid <> pg_backend_pid()
-                           AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')",
+                        &format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                             WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({which})"
+                        ),
                         &[],
                     )
                     .await
@@ -240,7 +248,7 @@ async fn terminating_the_listener_repeatedly_during_a_10k_ingest_loses_and_dupli
     }
     let subscribers: Vec<_> =
         servers.iter().map(|s| ResumingSse::start(fixed(s.url("/api/events?from=start")), RECONNECT_DELAY)).collect();
-    let killer = Killer::start(db.connect().await);
+    let killer = Killer::start(db.connect().await, LISTENER);
     let bases = [servers[0].url(""), servers[1].url("")];
     let ingest = Ingest::start(10_000 / WRITERS, |w| fixed(bases[w % 2].clone()));
     let total = ingest.total;
@@ -264,6 +272,33 @@ async fn terminating_the_listener_repeatedly_during_a_10k_ingest_loses_and_dupli
         assert!(log.contains("listener reconnected"), "the listener reconnected; the server said:\n{log}");
         assert!(server.stop(Signal::SIGTERM), "clean exit");
     }
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// The connections that append die under the group commit: a batch's `COMMIT` answer is lost, or
+/// its statements never ran. Each append whose outcome was unknown is redone alone and recognized
+/// by its ids if it had in fact been stored; writers see at worst a 503 and resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminating_the_appending_connections_repeatedly_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let db = common::test_db().await;
+    let server = serve(&db.url());
+    server.wait_ready().await;
+    let subscriber = ResumingSse::start(fixed(server.url("/api/events?from=start")), RECONNECT_DELAY);
+    let killer = Killer::start(db.connect().await, APPENDERS);
+    let base = server.url("");
+    let ingest = Ingest::start(5_000 / WRITERS, |_| fixed(base.clone()));
+    let total = ingest.total;
+    let (acked, stats) = ingest.finish().await;
+    let kills = killer.finish().await;
+    subscriber.wait_for(total, PATIENCE).await;
+    eprintln!("appender kills: {kills}; writers: {}", stats.summary());
+    assert_eq!(acked.len(), total);
+    assert!(kills > 0, "appending connections were terminated");
+    let log = read_log(&db.store).await;
+    let received = finish_subscriber(subscriber, "subscriber").await;
+    check("subscriber", &received, &acked, &log);
+    assert!(server.stop(Signal::SIGTERM), "clean exit");
     eprintln!("took {:?}", started.elapsed());
 }
 
