@@ -243,32 +243,44 @@ async fn tail_prints_new_events_and_replays_with_filters() {
     let mut live = Tail::start(&db, &["--json"]).await;
     let mut replay = Tail::start(&db, &["--json", "--from", "start", "--types", "A,C", "--where", "data.k:1"]).await;
     let mut human = Tail::start(&db, &["--stream-prefix", "u-", "--where", "data.k=2"]).await;
+    let mut shop = Tail::start(&db, &["--json", "--site", "shop"]).await;
     for (stream, ty, k, n) in [("t-2", "A", 1, 2), ("u-1", "C", 2, 3), ("t-2", "C", 1, 4), ("u-2", "A", 2, 5)] {
         app.post_ok(json!({"stream": stream, "type": ty, "data": {"k": k, "n": n}})).await;
     }
+    app.post_ok(json!({"site": "shop", "stream": "u-9", "type": "A", "data": {"k": 2, "n": 6}})).await;
 
     // Only events appended after it started, all of them, in order, as envelopes.
-    let got = live.events(4).await;
-    assert_eq!(got.iter().map(|e| e["data"]["n"].as_i64().unwrap()).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    let got = live.events(5).await;
+    assert_eq!(got.iter().map(|e| e["data"]["n"].as_i64().unwrap()).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
     for field in ["id", "position", "stream", "version", "type", "data", "metadata", "timestamp"] {
         assert!(got[0].get(field).is_some(), "{field} in {}", got[0]);
     }
     // From the start, type A or C with data.k = 1: the earlier event, then live ones.
     let got = replay.events(3).await;
     assert_eq!(data(&got), vec![json!({"k": 1, "n": 0}), json!({"k": 1, "n": 2}), json!({"k": 1, "n": 4})]);
-    // Human lines: position, timestamp, stream@version, type, compact data.
-    let lines = [human.line().await, human.line().await];
-    for (line, (stream_version, ty, data)) in
-        lines.iter().zip([("u-1@1", "C", r#"{"k":2,"n":3}"#), ("u-2@1", "A", r#"{"k":2,"n":5}"#)])
-    {
+    // Human lines: position, timestamp, site, stream@version, type, compact data.
+    let lines = [human.line().await, human.line().await, human.line().await];
+    for (line, expected) in lines.iter().zip([
+        ["default", "u-1@1", "C", r#"{"k":2,"n":3}"#],
+        ["default", "u-2@1", "A", r#"{"k":2,"n":5}"#],
+        ["shop", "u-9@1", "A", r#"{"k":2,"n":6}"#],
+    ]) {
         let fields: Vec<&str> = line.split("  ").collect();
-        assert_eq!(fields.len(), 5, "{line}");
+        assert_eq!(fields.len(), 6, "{line}");
         assert_eq!(fields[0].len(), 32, "{line}");
         assert!(chrono::DateTime::parse_from_rfc3339(fields[1]).is_ok(), "{line}");
-        assert_eq!(&fields[2..], &[stream_version, ty, data], "{line}");
+        assert_eq!(&fields[2..], &expected, "{line}");
     }
+    // Only the shop's event; the next one it prints is the next shop event, not any other.
+    let got = shop.events(1).await;
+    assert_eq!((got[0]["data"]["n"].as_i64(), got[0]["stream"].as_str()), (Some(6), Some("u-9")));
+    app.post_ok(json!({"stream": "u-3", "type": "A", "data": {"n": 7}})).await;
+    app.post_ok(json!({"site": "shop", "stream": "u-9", "type": "A", "data": {"n": 8}})).await;
+    assert_eq!(shop.events(1).await[0]["data"]["n"].as_i64(), Some(8));
+    // The unfiltered tail sees both.
+    assert_eq!(data(&live.events(2).await), vec![json!({"n": 7}), json!({"n": 8})]);
 
-    for tail in [live, replay, human] {
+    for tail in [live, replay, human, shop] {
         assert!(tail.terminate().await, "tail exits 0 on SIGTERM");
     }
     app.stop().await;

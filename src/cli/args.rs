@@ -290,6 +290,9 @@ pub struct TailArgs {
     /// all must match). The value is JSON when it parses as a scalar (`42`, `true`), else text.
     #[arg(long = "where", value_name = "data.FIELD:VALUE")]
     pub where_: Vec<String>,
+    /// Only these sites (comma-separated or repeated), e.g. `--site shop,blog`.
+    #[arg(long, value_delimiter = ',', value_name = "SITE,...")]
+    pub site: Vec<String>,
     /// Only this stream.
     #[arg(long)]
     pub stream: Option<String>,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, BusError, BusOptions, FieldMatch, Filter, Start};
-use crate::store::{Position, RecordedEvent};
+use crate::store::{Position, RecordedEvent, validate_site};
 
 use super::CliError;
 use super::args::{DatabaseArgs, TailArgs};
@@ -59,13 +59,20 @@ fn parse(args: &TailArgs) -> Result<(Filter, Start), CliError> {
         .iter()
         .map(|expr| FieldMatch::parse(expr).map_err(|e| CliError::Usage(format!("--where: {e}"))))
         .collect::<Result<_, _>>()?;
+    let sites = args
+        .site
+        .iter()
+        .map(|site| site.trim())
+        .filter(|site| !site.is_empty())
+        .map(|site| validate_site(site).map(|()| site.to_string()).map_err(|e| CliError::Usage(format!("--site: {e}"))))
+        .collect::<Result<_, _>>()?;
     let filter = Filter {
         types: args.types.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).map(String::from).collect(),
         stream: args.stream.clone(),
         stream_prefix: args.stream_prefix.clone(),
         fields,
         channels: Vec::new(),
-        sites: Vec::new(),
+        sites,
         scope: None,
     };
     let start = match args.from.as_str() {
@@ -165,7 +172,7 @@ async fn print_events(
     out.flush()
 }
 
-/// One event: its envelope as a JSON line, or `position  timestamp  stream@version  type  data`.
+/// One event: its envelope as a JSON line, or `position  timestamp  site  stream@version  type  data`.
 fn write_event(out: &mut impl Write, event: &RecordedEvent, json: bool) -> std::io::Result<()> {
     if json {
         serde_json::to_writer(&mut *out, event).map_err(std::io::Error::other)?;
@@ -174,9 +181,10 @@ fn write_event(out: &mut impl Write, event: &RecordedEvent, json: bool) -> std::
     let data = serde_json::to_string(&event.data).map_err(std::io::Error::other)?;
     writeln!(
         out,
-        "{}  {}  {}@{}  {}  {}",
+        "{}  {}  {}  {}@{}  {}  {}",
         event.position,
         event.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
+        event.site,
         event.stream,
         event.version,
         event.event_type,
@@ -203,6 +211,7 @@ mod tests {
         TailArgs {
             types: vec!["A".into(), " ".into(), "B".into()],
             where_: where_.iter().map(|s| s.to_string()).collect(),
+            site: vec!["shop".into(), " ".into()],
             stream: None,
             stream_prefix: Some("s-".into()),
             from: from.into(),
@@ -214,6 +223,7 @@ mod tests {
     fn flags_become_a_filter_and_a_start() {
         let (filter, start) = parse(&args("start", &["data.k:1"])).unwrap();
         assert_eq!(filter.types, vec!["A", "B"]);
+        assert_eq!(filter.sites, vec!["shop"]);
         assert_eq!(filter.stream_prefix.as_deref(), Some("s-"));
         assert_eq!(filter.fields, vec![FieldMatch::parse("data.k:1").unwrap()]);
         assert_eq!(start, Start::Beginning);
@@ -224,6 +234,10 @@ mod tests {
             let err = parse(&args(from, &where_)).unwrap_err().to_string();
             assert!(err.contains(words), "{err}");
         }
+        let mut bad_site = args("now", &[]);
+        bad_site.site = vec!["no such site!".into()];
+        let err = parse(&bad_site).unwrap_err().to_string();
+        assert!(err.starts_with("--site: ") && err.contains("no such site!"), "{err}");
     }
 
     #[test]
@@ -243,7 +257,7 @@ mod tests {
         write_event(&mut out, &event, false).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "00000000000003e80000000000000007  2023-11-14T22:13:20.123Z  s-1@3  A  {\"k\":1,\"t\":\"x\"}\n"
+            "00000000000003e80000000000000007  2023-11-14T22:13:20.123Z  default  s-1@3  A  {\"k\":1,\"t\":\"x\"}\n"
         );
         event.data = json!("é".repeat(2000));
         let mut out = Vec::new();
