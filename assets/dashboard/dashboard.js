@@ -258,6 +258,9 @@ function render() {
   if (state.statsDirty) {
     renderStats();
     renderCounters();
+    // The log position the drawn numbers include (what a reader of the page, or a test, can
+    // match against the log; the state object runs one frame ahead of the page).
+    setData($('counters'), 'position', state.stats.position ?? '');
   }
 }
 

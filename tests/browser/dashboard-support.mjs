@@ -323,7 +323,9 @@ export function readDashboard(page) {
         type: li.dataset.type,
         path: li.dataset.path,
       })),
-      statsPosition: dashboard.stats?.position ?? null,
+      // As drawn (the numbers above are read from the page too), not the state, which is
+      // updated a frame earlier: the two must describe the same stats frame.
+      statsPosition: document.getElementById('counters').dataset.position || null,
       received: dashboard.received,
       frames: dashboard.frames,
       connection: dashboard.connection,
