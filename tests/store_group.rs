@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use flightdeck::store::{ExpectedVersion, GroupCommit, NewEvent, StoreError};
+use flightdeck::store::{AppendOutcome, ExpectedVersion, GroupCommit, NewEvent, StoreError};
 use serde_json::json;
 use tokio::sync::Barrier;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,30 @@ async fn start(db: &common::TestDb) -> (GroupCommit, CancellationToken, TaskTrac
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     (GroupCommit::start(db.store.clone(), 2, shutdown.clone(), &tasks), shutdown, tasks)
+}
+
+/// Runs `append(group, i)` for each `i` in `0..n`, all released at once by a barrier so that they
+/// queue together; returns the outcomes in the order of `i`.
+async fn at_once<F, Fut>(group: &GroupCommit, n: usize, append: F) -> Vec<Result<AppendOutcome, StoreError>>
+where
+    F: Fn(GroupCommit, usize) -> Fut,
+    Fut: Future<Output = Result<AppendOutcome, StoreError>> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, append) = (barrier.clone(), append(group.clone(), i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                append.await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(n);
+    for handle in handles {
+        outcomes.push(handle.await.unwrap());
+    }
+    outcomes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -31,46 +56,28 @@ async fn concurrent_appends_share_transactions_and_each_keeps_its_outcome() {
         .unwrap();
 
     for round in 0..3 {
-        let barrier = Arc::new(Barrier::new(64));
-        let handles: Vec<_> = (0..64)
-            .map(|i| {
-                let group = group.clone();
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    match i {
-                        // A wrong expected version and a reused id, among 62 good appends.
-                        0 => {
-                            group
-                                .append("default", "taken", ExpectedVersion::NoStream, &[NewEvent::new("X", json!(i))])
-                                .await
-                        }
-                        1 => {
-                            group
-                                .append(
-                                    "default",
-                                    "thief",
-                                    ExpectedVersion::Any,
-                                    &[NewEvent::new("X", json!(i)).with_id(reused)],
-                                )
-                                .await
-                        }
-                        _ => {
-                            group
-                                .append(
-                                    "default",
-                                    &format!("r{round}-s{i}"),
-                                    ExpectedVersion::NoStream,
-                                    &[NewEvent::new("Ok", json!(i))],
-                                )
-                                .await
-                        }
-                    }
-                })
-            })
-            .collect();
-        for (i, handle) in handles.into_iter().enumerate() {
-            let result = handle.await.unwrap();
+        let results = at_once(&group, 64, |group, i| async move {
+            match i {
+                // A wrong expected version and a reused id, among 62 good appends.
+                0 => group.append("default", "taken", ExpectedVersion::NoStream, &[NewEvent::new("X", json!(i))]).await,
+                1 => {
+                    group
+                        .append(
+                            "default",
+                            "thief",
+                            ExpectedVersion::Any,
+                            &[NewEvent::new("X", json!(i)).with_id(reused)],
+                        )
+                        .await
+                }
+                _ => {
+                    let stream = format!("r{round}-s{i}");
+                    group.append("default", &stream, ExpectedVersion::NoStream, &[NewEvent::new("Ok", json!(i))]).await
+                }
+            }
+        })
+        .await;
+        for (i, result) in results.into_iter().enumerate() {
             match i {
                 0 => assert!(matches!(result, Err(StoreError::Conflict { actual: 1, .. })), "{result:?}"),
                 1 => assert!(matches!(result, Err(StoreError::IdReused(id)) if id == reused), "{result:?}"),
@@ -122,25 +129,17 @@ async fn a_version_mismatch_does_not_roll_back_the_appends_it_was_grouped_with()
     let db = common::test_db().await;
     let (group, shutdown, tasks) = start(&db).await;
     db.store.append("default", "taken", ExpectedVersion::Any, &[NewEvent::new("Seed", json!(0))]).await.unwrap();
-    let barrier = Arc::new(Barrier::new(64));
-    let handles: Vec<_> = (0..64)
-        .map(|i| {
-            let group = group.clone();
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                // Every fourth append expects a version the stream does not have.
-                let (stream, expected) = if i % 4 == 0 {
-                    ("taken".to_string(), ExpectedVersion::Exact(7))
-                } else {
-                    (format!("fresh-{i}"), ExpectedVersion::NoStream)
-                };
-                group.append("default", &stream, expected, &[NewEvent::new("E", json!(i))]).await
-            })
-        })
-        .collect();
-    for (i, handle) in handles.into_iter().enumerate() {
-        let result = handle.await.unwrap();
+    let results = at_once(&group, 64, |group, i| async move {
+        // Every fourth append expects a version the stream does not have.
+        let (stream, expected) = if i % 4 == 0 {
+            ("taken".to_string(), ExpectedVersion::Exact(7))
+        } else {
+            (format!("fresh-{i}"), ExpectedVersion::NoStream)
+        };
+        group.append("default", &stream, expected, &[NewEvent::new("E", json!(i))]).await
+    })
+    .await;
+    for (i, result) in results.into_iter().enumerate() {
         if i % 4 == 0 {
             assert!(matches!(result, Err(StoreError::Conflict { actual: 1, .. })), "{result:?}");
         } else {

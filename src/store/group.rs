@@ -266,26 +266,19 @@ async fn together(store: &Store, batch: &[Request]) -> Result<Vec<Option<AppendO
     futures::join!(begin.as_mut(), join_all(statements.iter_mut().map(|s| s.as_mut())), commit.as_mut());
     let begun = begin.as_mut().take_output().is_some_and(|r| r.is_ok());
     let committed = commit.as_mut().take_output().is_some_and(|r| r.is_ok());
+    if !committed {
+        // A connection must not go back to the pool inside a transaction; after a COMMIT that
+        // was answered (even with an error) there is none, and this is a no-op.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     for (index, statement) in statements.iter_mut().enumerate() {
         match statement.as_mut().take_output() {
             Some(Ok(outcome)) => outcomes.push(outcome),
             // The transaction was aborted here and rolled back by the COMMIT; if BEGIN had failed
             // (a broken connection), what ran on its own is unknown.
-            _ => {
-                if !committed {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                }
-                return Err(begun.then_some(index));
-            }
+            _ => return Err(begun.then_some(index)),
         }
     }
-    if begun && committed {
-        Ok(outcomes)
-    } else {
-        // A connection must not go back to the pool inside a transaction; after a COMMIT that
-        // was answered (even with an error) there is none, and this is a no-op.
-        let _ = client.batch_execute("ROLLBACK").await;
-        Err(None)
-    }
+    if begun && committed { Ok(outcomes) } else { Err(None) }
 }
