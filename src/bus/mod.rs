@@ -24,7 +24,7 @@ pub use routing::{DEFAULT_CHANNEL, Routing, RoutingError};
 pub use subscription::{Start, Subscription};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -162,8 +162,8 @@ pub(crate) struct Shared {
     /// The pump must read even if every hinted position was delivered (a listener reconnected, a
     /// wake-up without a position).
     read_requested: AtomicBool,
-    /// Reads behind lone appends sent and not yet answered (`pump.rs`, `Hooks`).
-    reads_behind: AtomicUsize,
+    /// A read behind a lone append was sent and not yet answered (`pump.rs`, `Hooks`).
+    read_behind_pending: AtomicBool,
     stats: BusStats,
     /// Appends made through the bus share transactions (see `store::GroupCommit`).
     committer: GroupCommit,
@@ -256,7 +256,7 @@ impl Bus {
                 local: watch::Sender::new(head),
                 wake: Notify::new(),
                 read_requested: AtomicBool::new(false),
-                reads_behind: AtomicUsize::new(0),
+                read_behind_pending: AtomicBool::new(false),
                 stats: BusStats::default(),
                 committer,
                 shutdown,

@@ -55,7 +55,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             // did not.
             if shared.read_requested.swap(false, Ordering::AcqRel)
                 || (*shared.hinted.borrow() > *shared.delivered.borrow()
-                    && shared.reads_behind.load(Ordering::Acquire) == 0)
+                    && !shared.read_behind_pending.load(Ordering::Acquire))
             {
                 break;
             }
@@ -122,11 +122,11 @@ pub(super) struct Hooks(pub(super) Weak<Shared>);
 impl CommitHooks for Hooks {
     fn read_from(&self) -> Option<Position> {
         let shared = self.0.upgrade()?;
-        if !shared.options.deliver {
-            return None;
-        }
-        shared.reads_behind.fetch_add(1, Ordering::AcqRel);
-        Some(*shared.delivered.borrow())
+        // One read behind at a time, like the pump's own: under load, while one is on its way, the
+        // next lone append leaves reading to it and to the pump.
+        let idle = shared.options.deliver
+            && shared.read_behind_pending.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        idle.then(|| *shared.delivered.borrow())
     }
 
     fn page(&self, after: Position, page: Option<Vec<RecordedEvent>>) {
@@ -136,7 +136,7 @@ impl CommitHooks for Hooks {
         if let Some(page) = page {
             shared.deliver(after, page);
         }
-        shared.reads_behind.fetch_sub(1, Ordering::AcqRel);
+        shared.read_behind_pending.store(false, Ordering::Release);
         if full {
             // More may be readable than one page: the pump reads on.
             shared.catch_up();
