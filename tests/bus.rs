@@ -110,6 +110,32 @@ async fn replay_then_live_has_no_gap_and_no_duplicate_at_the_seam() {
     r.stop().await;
 }
 
+/// The read behind a lone append cannot see it while an older transaction is open (its xid is
+/// above the visibility horizon); the pump retries, and both arrive in log order once the older one
+/// commits, with no hint from the test and no safety poll.
+#[tokio::test]
+async fn an_append_behind_an_open_older_transaction_arrives_after_it_once_it_commits() {
+    let db = common::test_db().await;
+    let r = start(&db, no_poll()).await;
+    let mut sub = r.bus.subscribe(Filter::default(), Start::Now);
+    let mut client = db.connect().await;
+    let older = client.transaction().await.unwrap();
+    flightdeck::store::append_in(&older, "default", "older", ExpectedVersion::Any, &[NewEvent::new("Older", json!(1))])
+        .await
+        .unwrap();
+    append(&r.bus, "newer", "Newer", json!(2)).await;
+    // Delivering the newer event now would put it before the older one in every subscriber's order.
+    let early = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(early.is_err(), "an event arrived while an older transaction was open: {early:?}");
+    older.commit().await.unwrap();
+    let got = take(&mut sub, 2).await;
+    assert_eq!(got.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["Older", "Newer"]);
+    assert!(got[0].position < got[1].position);
+    let reads_behind = r.bus.stats().reads_behind_appends.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(reads_behind >= 1, "the lone append was read behind");
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn appends_through_sql_are_woken_by_notify_and_rollbacks_never_arrive() {
     let db = common::test_db().await;

@@ -87,6 +87,7 @@ async fn metrics_follow_appends_deliveries_and_sse_subscribers() {
         ("flightdeck_listener_reconnects_total", "counter"),
         ("flightdeck_notifications_received_total", "counter"),
         ("flightdeck_catch_up_reads_total", "counter"),
+        ("flightdeck_reads_behind_appends_total", "counter"),
         ("flightdeck_listener_connected", "gauge"),
     ] {
         assert!(text.contains(&format!("# HELP {name} ")), "HELP for {name}:\n{text}");
@@ -121,6 +122,8 @@ async fn metrics_follow_appends_deliveries_and_sse_subscribers() {
     );
     assert!(after["flightdeck_delivery_lag_seconds_sum"] >= 0.0);
     assert!(after["flightdeck_catch_up_reads_total"] > before["flightdeck_catch_up_reads_total"], "{after:?}");
+    // One request at a time: each append commits alone, and the log is read right behind it.
+    assert!(after["flightdeck_reads_behind_appends_total"] >= 1.0, "{after:?}");
     // The bus announces its own appends with NOTIFY, which its own listener receives.
     app.wait_metric("flightdeck_notifications_received_total", |v| v >= 1.0).await;
 

@@ -86,7 +86,7 @@ async fn session(
     *backoff = Duration::from_millis(50);
     shared.stats.listener_connected.store(1, Ordering::Relaxed);
     // Anything appended while we were not listening is read now.
-    shared.wake.notify_one();
+    shared.catch_up();
     let mut probe = tokio::time::interval(PROBE_EVERY);
     loop {
         tokio::select! {
@@ -104,7 +104,7 @@ async fn session(
                     // read now would find nothing.
                     Ok(position) if position <= *shared.delivered.borrow() => {}
                     Ok(position) => shared.hint(position),
-                    Err(_) => shared.wake.notify_one(),
+                    Err(_) => shared.catch_up(),
                 }
             }
             _ = probe.tick() => {

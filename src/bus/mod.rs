@@ -24,7 +24,7 @@ pub use routing::{DEFAULT_CHANNEL, Routing, RoutingError};
 pub use subscription::{Start, Subscription};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -108,8 +108,11 @@ pub struct BusStats {
     pub notifications: AtomicU64,
     /// Events the pump broadcast.
     pub delivered: AtomicU64,
-    /// Reads of the log by the pump and by replays.
+    /// Reads of the log by the pump, behind lone appends, and by replays.
     pub catch_up_reads: AtomicU64,
+    /// Reads of the log sent right behind a lone append, in the same round trip (also counted in
+    /// `catch_up_reads`): each spares the pump a read of its own.
+    pub reads_behind_appends: AtomicU64,
     /// Whether the listener connection is up (1) or not (0).
     pub listener_connected: AtomicU64,
     /// Events newly written by [`Bus::append`] (a retry that stored nothing new is not counted).
@@ -156,6 +159,11 @@ pub(crate) struct Shared {
     /// The highest position appended by this process, for the notifier to announce.
     local: watch::Sender<Position>,
     wake: Notify,
+    /// The pump must read even if every hinted position was delivered (a listener reconnected, a
+    /// wake-up without a position).
+    read_requested: AtomicBool,
+    /// A read behind a lone append was sent and not yet answered (`pump.rs`, `Hooks`).
+    read_behind_pending: AtomicBool,
     stats: BusStats,
     /// Appends made through the bus share transactions (see `store::GroupCommit`).
     committer: GroupCommit,
@@ -184,6 +192,12 @@ impl Shared {
         if raise(&self.hinted, position) {
             self.wake.notify_one();
         }
+    }
+
+    /// Makes the pump read the log now, whatever it was told.
+    fn catch_up(&self) {
+        self.read_requested.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 }
 
@@ -227,16 +241,11 @@ impl Bus {
         // The write-to-broadcast path runs on the bus thread, with its own pool (see `thread.rs`).
         let pipeline = store.sibling(listen.clone(), PIPELINE_CONNECTIONS)?;
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
-            let weak = weak.clone();
-            // The committing worker wakes the pump itself, right after COMMIT, on the bus thread.
-            let on_commit = Arc::new(move |position: Position| {
-                if let Some(shared) = weak.upgrade() {
-                    raise(&shared.local, position);
-                    shared.hint(position);
-                }
-            });
+            // The committing worker reads the log behind each COMMIT and wakes the pump itself,
+            // on the bus thread.
+            let hooks = Arc::new(pump::Hooks(weak.clone()));
             let _bus_thread = thread.enter();
-            let committer = GroupCommit::start_with(pipeline.clone(), 2, on_commit, shutdown.clone(), thread.tracker());
+            let committer = GroupCommit::start_with(pipeline.clone(), 2, hooks, shutdown.clone(), thread.tracker());
             Shared {
                 store,
                 pipeline,
@@ -246,6 +255,8 @@ impl Bus {
                 hinted: watch::Sender::new(head),
                 local: watch::Sender::new(head),
                 wake: Notify::new(),
+                read_requested: AtomicBool::new(false),
+                read_behind_pending: AtomicBool::new(false),
                 stats: BusStats::default(),
                 committer,
                 shutdown,

@@ -17,7 +17,8 @@
 //! | `flightdeck_listener_reconnects_total` | counter | LISTEN connection re-established after a loss |
 //! | `flightdeck_listener_connected` | gauge | 1 while the LISTEN connection is up |
 //! | `flightdeck_notifications_received_total` | counter | NOTIFY wake-ups received on the LISTEN connection |
-//! | `flightdeck_catch_up_reads_total` | counter | reads of the global log by the pump and by subscription replays |
+//! | `flightdeck_catch_up_reads_total` | counter | reads of the global log by the pump, behind lone appends, and by subscription replays |
+//! | `flightdeck_reads_behind_appends_total` | counter | of those, reads sent right behind a lone append in the same round trip (each spares the pump a read) |
 //! | `flightdeck_limited_total{limit="…"}` | counter | refusals by each limit (`limits.rs`): `ingest_per_address`, `track_per_site`, `streams_per_address`, `ws_subscriptions`, `filters`, `body_size`, `ws_request_size`, `ws_message_size` |
 //! | `flightdeck_limiter_keys{limit="…"}` | gauge | keys a limit holds state for (bounded by `--limit-max-keys`, or by open streams) |
 //! | `flightdeck_limiter_resets_total{limit="…"}` | counter | times a rate limit forgot every key because more were active than it may remember |
@@ -124,8 +125,14 @@ fn render(stats: Option<&BusStats>, ready: bool) -> String {
     metric(
         "flightdeck_catch_up_reads_total",
         "counter",
-        "Reads of the global log by the pump and by subscription replays.",
+        "Reads of the global log by the pump, behind lone appends, and by subscription replays.",
         &[("", load(&stats.catch_up_reads).to_string())],
+    );
+    metric(
+        "flightdeck_reads_behind_appends_total",
+        "counter",
+        "Reads of the global log sent right behind a lone append, in the same round trip.",
+        &[("", load(&stats.reads_behind_appends).to_string())],
     );
     out
 }

@@ -16,13 +16,18 @@
 //! `flightdeck.append_batch` (see `append.rs`), which tells a conflict from an idempotent retry.
 //! Measured in docs/benchmarks.md; the plpgsql path costs roughly twice the server CPU per append.
 
+use std::task::Poll;
+
 use deadpool_postgres::Object;
+use futures::future::maybe_done;
+use tokio_postgres::Statement;
 use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
 use super::event::validate_append;
+use super::group::READ_BEHIND;
 use super::versions::Versions;
-use super::{AppendOutcome, AppendedEvent, ExpectedVersion, NewEvent, Position, StoreError, append_in};
+use super::{AppendOutcome, AppendedEvent, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, append_in};
 
 /// Builds the statement for one event and for a batch. The last version (if any) is joined so that
 /// a new stream still yields a row. `$7` is the site, inserted and compared with the last event's.
@@ -80,7 +85,14 @@ const MANY_TYPES: [Type; 7] =
 pub(crate) async fn prepare(client: &Object, (one_sql, many_sql): (&str, &str)) -> Result<(), tokio_postgres::Error> {
     client.prepare_typed_cached(one_sql, &ONE_TYPES).await?;
     client.prepare_typed_cached(many_sql, &MANY_TYPES).await?;
+    client.prepare_typed_cached(NEXT_SQL, &ONE_TYPES).await?;
     Ok(())
+}
+
+/// [`prepare`], and the global-log read's statement, returned.
+pub(crate) async fn prepare_with_read(client: &Object, sql: (&str, &str)) -> Result<Statement, tokio_postgres::Error> {
+    prepare(client, sql).await?;
+    super::read::all_statement(client).await
 }
 
 /// Appends in a transaction of its own on `client` (which must not be inside a transaction).
@@ -94,7 +106,71 @@ pub(crate) async fn append(
 ) -> Result<AppendOutcome, StoreError> {
     validate_append(site, stream, events)?;
     let known = versions.get(site, stream);
-    let out = match try_insert(client, known, AUTOCOMMIT, site, stream, expected, events).await {
+    let first = try_insert(client, known, AUTOCOMMIT, site, stream, expected, events).await;
+    settle(client, versions, site, stream, expected, events, first).await
+}
+
+/// Like [`append`], with the global log read after `after` right behind the insert, in the same
+/// round trip (see `group.rs`, `CommitHooks::read_from`): the read runs once the insert has
+/// committed, so it includes it unless an older transaction is still open. `done` gets the
+/// append's outcome as soon as it is known, without waiting for the read; the page is returned
+/// (`None` if the read failed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn append_then_read(
+    client: &Object,
+    versions: &Versions,
+    site: &str,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    after: Position,
+    done: impl FnOnce(Result<AppendOutcome, StoreError>),
+) -> Option<Vec<RecordedEvent>> {
+    if let Err(err) = validate_append(site, stream, events) {
+        done(Err(err.into()));
+        return None;
+    }
+    let known = versions.get(site, stream);
+    // Prepared beforehand (cached per connection), so that both requests go out at the first poll.
+    let read = match prepare_with_read(client, AUTOCOMMIT).await {
+        Ok(read) => read,
+        Err(err) => {
+            done(Err(StoreError::from_append(err, site, stream, expected)));
+            return None;
+        }
+    };
+    let mut insert = std::pin::pin!(maybe_done(try_insert(client, known, AUTOCOMMIT, site, stream, expected, events)));
+    let mut page = std::pin::pin!(maybe_done(super::read::all_with(client, &read, after, READ_BEHIND)));
+    // One poll each, in order: both requests go out, the insert's first (tokio-postgres sends a
+    // request when its future is first polled, and PostgreSQL answers in the order received).
+    std::future::poll_fn(|cx| {
+        let _ = insert.as_mut().poll(cx);
+        let _ = page.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+    let answer = async {
+        insert.as_mut().await;
+        match insert.as_mut().take_output() {
+            Some(first) => done(settle(client, versions, site, stream, expected, events, first).await),
+            None => done(Err(StoreError::Unavailable("the append was not answered".into()))),
+        }
+    };
+    futures::join!(answer, page.as_mut());
+    page.as_mut().take_output().and_then(Result::ok)
+}
+
+/// The outcome of a first insert attempt: a clean insert, or the checked path's answer.
+async fn settle(
+    client: &Object,
+    versions: &Versions,
+    site: &str,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    first: Result<Option<AppendOutcome>, tokio_postgres::Error>,
+) -> Result<AppendOutcome, StoreError> {
+    let out = match first {
         Ok(Some(out)) => Ok(out),
         // Mismatched version or site, or a unique violation: let the checked path say which, or
         // recognize an idempotent retry.

@@ -10,7 +10,8 @@
 //! the others back: they commit, and it is redone on its own (`Store::append`), which gives it its
 //! exact outcome. A statement that fails (a reused id, a race on a new stream) aborts the
 //! transaction: that append is taken out and the rest try again together (a few rounds, then one
-//! by one). Ids are fixed before queueing, so a request that had in fact committed (a lost COMMIT
+//! by one). A lone append (nothing else was queued) runs as its own autocommit statement, with the
+//! owner's read of the log sent right behind it in the same round trip ([`CommitHooks`]). Ids are fixed before queueing, so a request that had in fact committed (a lost COMMIT
 //! answer) is recognized as a retry, never stored twice.
 
 use std::future::Future;
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::event::{validate_append, with_ids};
 use super::fast_append::{IN_TRANSACTION, prepare, try_insert};
-use super::{AppendOutcome, ExpectedVersion, NewEvent, Position, Store, StoreError};
+use super::{AppendOutcome, ExpectedVersion, NewEvent, Position, RecordedEvent, Store, StoreError};
 
 /// Most appends in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -49,9 +50,35 @@ pub struct GroupStats {
     pub fallbacks: AtomicU64,
 }
 
-/// Called by the committing worker with the last position of each append it committed, before
-/// the append's caller hears of it (the bus wakes its pump with it).
-pub type OnCommit = Arc<dyn Fn(Position) + Send + Sync>;
+/// Most events read behind one append (see [`CommitHooks::read_from`]).
+pub const READ_BEHIND: u32 = 1000;
+
+/// What the committing worker tells its owner (the bus), on the worker's task. Every method has
+/// a default that does nothing.
+pub trait CommitHooks: Send + Sync {
+    /// Where to read the global log from right behind a lone append, in the same round trip
+    /// (`None`: no read). The bus then gets the events it would otherwise read with a round trip
+    /// of its own after hearing of the commit, from a database backend that is already awake.
+    /// Every `Some` is followed by exactly one [`CommitHooks::page`].
+    fn read_from(&self) -> Option<Position> {
+        None
+    }
+
+    /// The answer to the read asked for by [`CommitHooks::read_from`] (`None` if it failed): every
+    /// readable event after `after` at the time of the read, in log order, at most
+    /// [`READ_BEHIND`]. It comes after the append was reported to [`CommitHooks::committed`] and
+    /// to its caller, who need not wait for the read.
+    fn page(&self, _after: Position, _page: Option<Vec<RecordedEvent>>) {}
+
+    /// The last position of an append just committed, before the append's caller hears of it
+    /// (the bus wakes its pump with it).
+    fn committed(&self, _position: Position) {}
+}
+
+/// Hooks that do nothing.
+struct NoHooks;
+
+impl CommitHooks for NoHooks {}
 
 /// A handle for grouped appends. Cheap to clone.
 #[derive(Clone)]
@@ -71,14 +98,14 @@ impl GroupCommit {
     /// Starts `workers` committing tasks on `tasks`. After `shutdown` they finish what is queued,
     /// then end; later appends go straight to the store.
     pub fn start(store: Store, workers: usize, shutdown: CancellationToken, tasks: &TaskTracker) -> Self {
-        Self::start_with(store, workers, Arc::new(|_| {}), shutdown, tasks)
+        Self::start_with(store, workers, Arc::new(NoHooks), shutdown, tasks)
     }
 
-    /// Like [`GroupCommit::start`], calling `on_commit` after each commit.
+    /// Like [`GroupCommit::start`], telling `hooks` about each commit.
     pub fn start_with(
         store: Store,
         workers: usize,
-        on_commit: OnCommit,
+        hooks: Arc<dyn CommitHooks>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Self {
@@ -86,7 +113,7 @@ impl GroupCommit {
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(GroupStats::default());
         for _ in 0..workers.max(1) {
-            tasks.spawn(worker(store.clone(), receiver.clone(), shutdown.clone(), stats.clone(), on_commit.clone()));
+            tasks.spawn(worker(store.clone(), receiver.clone(), shutdown.clone(), stats.clone(), hooks.clone()));
         }
         GroupCommit { store, queue, stats }
     }
@@ -126,7 +153,7 @@ async fn worker(
     receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
     shutdown: CancellationToken,
     stats: Arc<GroupStats>,
-    on_commit: OnCommit,
+    hooks: Arc<dyn CommitHooks>,
 ) {
     loop {
         let batch = {
@@ -152,19 +179,14 @@ async fn worker(
             }
             batch
         };
-        commit(&store, batch, &stats, &*on_commit).await;
+        commit(&store, batch, &stats, &*hooks).await;
     }
 }
 
 /// Times a batch is retried without the append that spoiled it, before the rest go one by one.
 const MAX_ROUNDS: usize = 4;
 
-async fn commit(
-    store: &Store,
-    mut batch: Vec<Request>,
-    stats: &GroupStats,
-    on_commit: &(dyn Fn(Position) + Send + Sync),
-) {
+async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats, hooks: &dyn CommitHooks) {
     let mut alone = Vec::new();
     for _ in 0..MAX_ROUNDS {
         if batch.len() < 2 {
@@ -179,7 +201,7 @@ async fn commit(
                             stats.grouped_appends.fetch_add(1, Ordering::Relaxed);
                             if let Some(last) = outcome.events.last() {
                                 store.versions.record(&request.site, &request.stream, last.version);
-                                on_commit(last.position);
+                                hooks.committed(last.position);
                             }
                             let _ = request.reply.send(Ok(outcome));
                         }
@@ -205,10 +227,27 @@ async fn commit(
     // Whatever is left, and the appends taken out, each in a transaction of its own. An append
     // whose outcome was unknown (a lost COMMIT answer) is recognized there as already stored.
     alone.append(&mut batch);
+    if alone.len() == 1
+        && let Some(after) = hooks.read_from()
+        && let Some(Request { site, stream, expected, events, reply }) = alone.pop()
+    {
+        // The usual case when appends arrive one at a time: the lone append, with the log read
+        // behind it. (Batches leave reading to the pump, which covers several with one read.)
+        let page = store
+            .append_then_read(&site, &stream, expected, &events, after, |result| {
+                if let Some(last) = result.as_ref().ok().and_then(|out| out.events.iter().map(|e| e.position).max()) {
+                    hooks.committed(last);
+                }
+                let _ = reply.send(result);
+            })
+            .await;
+        hooks.page(after, page);
+        return;
+    }
     join_all(alone.into_iter().map(|request| async move {
         let result = store.append(&request.site, &request.stream, request.expected, &request.events).await;
         if let Some(last) = result.as_ref().ok().and_then(|out| out.events.iter().map(|e| e.position).max()) {
-            on_commit(last);
+            hooks.committed(last);
         }
         let _ = request.reply.send(result);
     }))

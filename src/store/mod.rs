@@ -23,7 +23,7 @@ pub use event::{
     AppendOutcome, AppendedEvent, DEFAULT_SITE, ExpectedVersion, MAX_NAME_BYTES, MAX_SITE_BYTES, NewEvent,
     RecordedEvent, ValidationError, is_valid_site, metadata_object, validate_name, validate_site,
 };
-pub use group::{GroupCommit, GroupStats, MAX_BATCH, OnCommit};
+pub use group::{CommitHooks, GroupCommit, GroupStats, MAX_BATCH, READ_BEHIND};
 pub use position::{Position, PositionError};
 pub use seed_append::SEED_CHANNEL;
 
@@ -116,6 +116,49 @@ impl Store {
                 other => return other,
             }
         }
+    }
+
+    /// Like [`Store::append`], with the global log read after `after` right behind the insert in
+    /// the same round trip: the group-commit worker's path for a lone append (see `group.rs`,
+    /// [`CommitHooks::read_from`]). `done` gets the append's outcome as soon as it is known; the
+    /// page comes back (`None` if the read failed).
+    pub(crate) async fn append_then_read(
+        &self,
+        site: &str,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        after: Position,
+        done: impl FnOnce(Result<AppendOutcome, StoreError>),
+    ) -> Option<Vec<RecordedEvent>> {
+        let events = event::with_ids(events);
+        let client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(err) => {
+                done(Err(err.into()));
+                return None;
+            }
+        };
+        let mut done = Some(done);
+        let mut retry = false;
+        let page =
+            fast_append::append_then_read(&client, &self.versions, site, stream, expected, &events, after, |out| {
+                match out {
+                    // A race to retry: the retrying path below, without a read.
+                    Err(StoreError::Retry) => retry = true,
+                    out => {
+                        if let Some(done) = done.take() {
+                            done(out)
+                        }
+                    }
+                }
+            })
+            .await;
+        drop(client);
+        if retry && let Some(done) = done.take() {
+            done(self.append(site, stream, expected, &events).await);
+        }
+        page
     }
 
     /// Reads a stream's events from version `from_version` (inclusive), at most `limit`.

@@ -6,8 +6,8 @@
 
 use deadpool_postgres::Object;
 use tokio_postgres::GenericClient;
-use tokio_postgres::Row;
 use tokio_postgres::types::Type;
+use tokio_postgres::{Row, Statement};
 use uuid::Uuid;
 
 use super::{Position, RecordedEvent, StoreError};
@@ -41,20 +41,38 @@ pub(crate) async fn event<C: GenericClient>(client: &C, id: Uuid) -> Result<Opti
     row.as_ref().map(to_event).transpose()
 }
 
-fn all_sql() -> String {
+/// The global-log read: every final row after a position, in log order.
+static ALL_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM flightdeck.events e \
          WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND {HORIZON} \
          ORDER BY e.xid, e.seq LIMIT $3"
     )
+});
+
+/// The global-log read's statement on `client`, prepared once per pooled connection: the pump, the
+/// reads behind each group commit and every replay run it, so parsing and planning it each time
+/// would be waste.
+pub(crate) async fn all_statement(client: &Object) -> Result<Statement, tokio_postgres::Error> {
+    client.prepare_typed_cached(&ALL_SQL, &[Type::TEXT, Type::INT8, Type::INT8]).await
 }
 
-/// Reads the global log after `after` with a statement prepared once per pooled connection: the
-/// pump and every replay run this query, so parsing and planning it each time would be waste.
+/// Reads the global log after `after`.
 pub(crate) async fn all(client: &Object, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
-    let statement = client.prepare_typed_cached(&all_sql(), &[Type::TEXT, Type::INT8, Type::INT8]).await?;
+    let statement = all_statement(client).await?;
+    all_with(client, &statement, after, limit).await
+}
+
+/// Reads the global log after `after` with the statement of [`all_statement`]. The request is sent
+/// when the future is first polled, so it can be pipelined behind other requests.
+pub(crate) async fn all_with(
+    client: &Object,
+    statement: &Statement,
+    after: Position,
+    limit: u32,
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let xid = after.xid_text();
-    let rows = client.query(&statement, &[&xid, &after.seq_i64(), &i64::from(limit)]).await?;
+    let rows = client.query(statement, &[&xid, &after.seq_i64(), &i64::from(limit)]).await?;
     rows.iter().map(to_event).collect()
 }
 
