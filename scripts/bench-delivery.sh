@@ -127,8 +127,9 @@ echo "== machine" >&2
 {
     echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), \
 $(free -g | awk '/Mem:/ { print $2 }') GiB RAM, kernel $(uname -r); load average before the run: \
-$(cut -d' ' -f1-3 /proc/loadavg). Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)\
-$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'). Server, PostgreSQL and client share the machine."
+$(cut -d' ' -f1-3 /proc/loadavg). Checkout $(git rev-parse --short HEAD 2>/dev/null || echo unknown)\
+$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'); binary $BIN, built \
+$(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC'). Server, PostgreSQL and client share the machine."
     echo
 } | tee "$WORK/facts.md" >&2
 
