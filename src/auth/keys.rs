@@ -76,6 +76,10 @@ impl Verifier {
             validation.leeway = 0;
             validation.set_required_spec_claims(&["exp"]);
             match jsonwebtoken::decode::<Claims>(token, &trusted.key, &validation) {
+                // `exp` is the first second at which the token is no longer accepted (RFC 7519,
+                // 4.1.4); the library's check, in whole seconds, would still accept it during that
+                // second.
+                Ok(data) if data.claims.exp <= chrono::Utc::now().timestamp() => return Err(AuthError::Expired),
                 Ok(data) => return Ok(data.claims),
                 Err(err) => {
                     use jsonwebtoken::errors::ErrorKind;
@@ -217,6 +221,10 @@ mod tests {
         old.exp = chrono::Utc::now().timestamp() - 5;
         let expired = Signer::hs256(b"the right secret, long enough...").sign(&old).unwrap();
         assert_eq!(verifier.verify(&expired), Err(AuthError::Expired));
+        // Not accepted at its expiry second either.
+        old.exp = chrono::Utc::now().timestamp();
+        let at_expiry = Signer::hs256(b"the right secret, long enough...").sign(&old).unwrap();
+        assert_eq!(verifier.verify(&at_expiry), Err(AuthError::Expired));
 
         // alg "none": header {"alg":"none","typ":"JWT"}, the claims, and no signature.
         use base64::Engine as _;

@@ -55,8 +55,9 @@ async fn an_expiring_token_ends_sse_websocket_and_stats_streams() {
     let (_, closed) = tokio::time::timeout(PATIENCE, ws.until_closed()).await.unwrap();
     assert_eq!((closed.code, closed.reason.as_str()), (4401, "token expired"));
 
-    // Reconnecting with the expired token is refused (the streams end at `exp`; the verifier counts
-    // whole seconds, so it may accept the token for the rest of that second); a fresh one works.
+    // Reconnecting with the expired token is refused from `exp` on (the streams end at `exp` by
+    // the server's monotonic clock, which may run a hair ahead of its wall clock, hence the short
+    // wait); a fresh one works.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (status, body) = server.get("/api/stats", Some(&token)).await;
