@@ -11,8 +11,9 @@
 //! exact outcome. A statement that fails (a reused id, a race on a new stream) aborts the
 //! transaction: that append is taken out and the rest try again together (a few rounds, then one
 //! by one). A lone append (nothing else was queued) runs as its own autocommit statement, with the
-//! owner's read of the log sent right behind it in the same round trip ([`CommitHooks`]). Ids are fixed before queueing, so a request that had in fact committed (a lost COMMIT
-//! answer) is recognized as a retry, never stored twice.
+//! owner's read of the log sent right behind it in the same round trip ([`CommitHooks`]). Ids are
+//! fixed before queueing, so a request that had in fact committed (a lost COMMIT answer) is
+//! recognized as a retry, never stored twice.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -235,10 +236,7 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats, hook
         // behind it. (Batches leave reading to the pump, which covers several with one read.)
         let page = store
             .append_then_read(&site, &stream, expected, &events, after, |result| {
-                if let Some(last) = result.as_ref().ok().and_then(|out| out.events.iter().map(|e| e.position).max()) {
-                    hooks.committed(last);
-                }
-                let _ = reply.send(result);
+                answer(hooks, reply, result);
             })
             .await;
         hooks.page(after, page);
@@ -246,12 +244,22 @@ async fn commit(store: &Store, mut batch: Vec<Request>, stats: &GroupStats, hook
     }
     join_all(alone.into_iter().map(|request| async move {
         let result = store.append(&request.site, &request.stream, request.expected, &request.events).await;
-        if let Some(last) = result.as_ref().ok().and_then(|out| out.events.iter().map(|e| e.position).max()) {
-            hooks.committed(last);
-        }
-        let _ = request.reply.send(result);
+        answer(hooks, request.reply, result);
     }))
     .await;
+}
+
+/// Reports an append that ran on its own to `hooks` (its last position, if it stored anything),
+/// then to its caller.
+fn answer(
+    hooks: &dyn CommitHooks,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    result: Result<AppendOutcome, StoreError>,
+) {
+    if let Some(last) = result.as_ref().ok().and_then(|out| out.events.iter().map(|e| e.position).max()) {
+        hooks.committed(last);
+    }
+    let _ = reply.send(result);
 }
 
 /// Runs the whole batch in one transaction and one round trip: `BEGIN`, every append's statement
