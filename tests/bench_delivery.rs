@@ -1,6 +1,7 @@
 //! `flightdeck bench delivery --commit-times-url` with the real binary: a server whose embedded
 //! PostgreSQL runs with `track_commit_timestamp = on`, a tiny case, and a commit→client figure
-//! in the report. Timings are not asserted, only that the figure is there and plausible.
+//! in the report; and `flightdeck bench floor` (the same fan-out without a server) on a tiny case.
+//! Timings are not asserted, only that the figures are there and plausible.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -66,4 +67,42 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
     );
     assert_eq!(p50(&report, "3", 4), None, "{report}");
     drop(server);
+}
+
+/// The p50 of `bench floor`'s row for `label`, with its frames received and missing.
+fn floor_row(report: &str, label: &str) -> Option<(u64, u64, f64)> {
+    let row = report.lines().find(|l| l.starts_with(&format!("| {label} |")))?;
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let p50 = cells[6].split('/').next()?.trim().parse().ok()?;
+    Some((cells[4].parse().ok()?, cells[5].parse().ok()?, p50))
+}
+
+#[test]
+fn the_fan_out_floor_delivers_every_frame_to_every_connection_and_times_them() {
+    // 3 connections × 200 frames/s for 0.5 s after 0.25 s of warm-up: 150 frames each.
+    let out = run(flightdeck().args(["bench", "floor", "--subscribers", "3", "--rate", "200"]).args([
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0.25",
+        "--label",
+        "tiny",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert!(report.starts_with("| run | connections |"), "{report}");
+    let (received, missing, p50) = floor_row(&report, "tiny").unwrap_or_else(|| panic!("no row:\n{report}"));
+    assert_eq!((received, missing), (450, 0), "{report}");
+    // A send time after the receipt would mean the frames were not read back as written.
+    assert!(p50 >= 0.0, "{report}");
+
+    // --no-header prints the row alone; bad arguments are refused with a reason.
+    let out = run(flightdeck()
+        .args(["bench", "floor", "--subscribers", "1", "--rate", "100", "--seconds", "0.1"])
+        .args(["--warmup", "0", "--no-header"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    let out = run(flightdeck().args(["bench", "floor", "--rate", "0"]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--rate must be at least 1"), "{}", stderr(&out));
 }

@@ -1,6 +1,7 @@
 //! Benchmarks run by `flightdeck bench …`. `append` works against a real PostgreSQL; `delivery` and
 //! `ingest` are HTTP clients of a separately started `flightdeck serve` (see
-//! `scripts/bench-delivery.sh`). Figures go in docs/benchmarks.md with the command that produced
+//! `scripts/bench-delivery.sh`); `floor` measures the same fan-out without a server, the best this
+//! machine can do (`scripts/bench-floor.sh`). Figures go in docs/benchmarks.md with the command that produced
 //! them; tests never assert timings.
 
 pub mod append;
@@ -8,6 +9,7 @@ pub mod client;
 pub mod commit_times;
 pub mod delivery;
 pub mod event_frame;
+pub mod floor;
 pub mod ingest;
 pub mod metrics;
 mod report;

@@ -323,6 +323,13 @@ pub enum BenchCommand {
     /// Ingestion throughput over HTTP, as a client of a running `flightdeck serve`: concurrent
     /// clients each POSTing one event per request on a keep-alive connection.
     Ingest(BenchIngestArgs),
+    /// The floor under `bench delivery`: one frame at a fixed rate to many loopback TCP
+    /// connections, written by a separate process with one task per connection, and read here;
+    /// send→client latency with no HTTP, JSON or database in the way.
+    Floor(crate::bench::floor::BenchFloorArgs),
+    /// The writing half of `bench floor`, which starts it.
+    #[command(hide = true)]
+    FloorWriter(crate::bench::floor::BenchFloorWriterArgs),
 }
 
 /// `flightdeck bench delivery`.

@@ -71,6 +71,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(BenchCommand::Append(args)) => commands::bench_append(&cli.database, &args).await,
         Command::Bench(BenchCommand::Delivery(args)) => Ok(crate::bench::delivery::run(&args).await?),
         Command::Bench(BenchCommand::Ingest(args)) => Ok(crate::bench::ingest::run(&args).await?),
+        Command::Bench(BenchCommand::Floor(args)) => Ok(crate::bench::floor::run(&args).await?),
+        Command::Bench(BenchCommand::FloorWriter(args)) => Ok(crate::bench::floor::write(&args).await?),
         Command::Projections(args::ProjectionsCommand::Rebuild) => projections::rebuild(&cli.database).await,
         Command::Demo(args) => demo::demo(&cli.database, &args).await,
         Command::Site(args::SiteCommand::Add(args)) => sites::add(&cli.database, &args).await,

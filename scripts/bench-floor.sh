@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The fan-out floor of this machine (issue 3's latency target), beside FlightDeck itself.
+#
+#   scripts/bench-floor.sh             # about 2 minutes; Markdown on stdout, progress on stderr
+#
+# `flightdeck bench floor` writes a ready-made frame 1,000 times a second to 100 loopback TCP
+# connections from a separate process (one task per connection, as the SSE streams) and reads
+# them: send→client latency with no HTTP, JSON or database in the way. Whatever FlightDeck does
+# comes on top of that. The script runs, in turn, BENCH_ROUNDS times:
+#   alone    the floor on an otherwise idle machine;
+#   beside   the floor while `flightdeck bench delivery` POSTs 1,000 events/s, one per request, to
+#            a `flightdeck serve` (embedded PostgreSQL) with one SSE subscriber: the appends the
+#            latency target is about, without their fan-out to 100 streams;
+# then once the real case, `bench delivery` with 100 SSE subscribers at 1,000 events/s
+# (commit→client from PostgreSQL's commit timestamps, as scripts/bench-delivery.sh).
+#
+# Environment: BENCH_ROUNDS (default 3), BENCH_SECONDS (timed seconds per floor run, default 8),
+# BENCH_PORT (default 18090), FLIGHTDECK_BIN (default target/release/flightdeck, built if missing or
+# BENCH_BUILD=1). Needs curl. Everything started is stopped and the scratch directory removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${BENCH_ROUNDS:-3}
+SECS=${BENCH_SECONDS:-8}
+PORT=${BENCH_PORT:-18090}
+BIN=${FLIGHTDECK_BIN:-target/release/flightdeck}
+URL="http://127.0.0.1:$PORT"
+
+command -v curl >/dev/null || { echo "bench-floor.sh needs curl" >&2; exit 1; }
+if [ ! -x "$BIN" ] || [ "${BENCH_BUILD:-0}" = 1 ]; then
+    echo "building the release binary" >&2
+    cargo build --release --quiet
+fi
+if curl -s -o /dev/null "$URL/healthz"; then
+    echo "something already listens on $URL; set BENCH_PORT" >&2
+    exit 1
+fi
+
+WORK=$(mktemp -d /tmp/flightdeck-floor.XXXXXX)
+chmod 755 "$WORK" # the embedded PostgreSQL runs as `postgres` when root and must reach its data
+DATA="$WORK/data"
+SERVER_PID=""
+LOAD_PID=""
+
+stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 300); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+cleanup() {
+    [ -z "$LOAD_PID" ] || kill "$LOAD_PID" 2>/dev/null || true
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start_server() {
+    env -u DATABASE_URL FLIGHTDECK_ADDR="127.0.0.1:$PORT" FLIGHTDECK_DATA_DIR="$DATA" FLIGHTDECK_LOG=warn \
+        "$BIN" serve --insecure-no-auth >>"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 600); do
+        curl -sf -o /dev/null "$URL/readyz" && return 0
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "the server exited:" >&2
+            tail -n 20 "$WORK/server.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "the server was not ready within 60 s" >&2
+    exit 1
+}
+
+echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel \
+$(uname -r); load average before the run: $(cut -d' ' -f1-3 /proc/loadavg). Checkout \
+$(git rev-parse --short HEAD 2>/dev/null || echo unknown); binary $BIN, built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')."
+echo
+
+# The cluster, with commit timestamps on for the real case (the setting needs a restart).
+start_server
+stop_server
+echo "track_commit_timestamp = on" >>"$DATA/postgres/data/postgresql.auto.conf"
+start_server
+PG_SOCKET=$(sed -n 5p "$DATA/postgres/data/postmaster.pid")
+PG_PORT=$(sed -n 4p "$DATA/postgres/data/postmaster.pid")
+COMMIT_TIMES="host=$PG_SOCKET port=$PG_PORT user=postgres dbname=postgres"
+
+# floor LABEL [--no-header]
+floor() { "$BIN" bench floor --subscribers 100 --rate 1000 --seconds "$SECS" --warmup 1 --label "$@"; }
+
+echo "### The floor: 100 connections × 1,000 frames/s, ${SECS} s timed per run"
+echo
+for round in $(seq "$ROUNDS"); do
+    echo "== round $round: alone" >&2
+    if [ "$round" = 1 ]; then floor alone; else floor alone --no-header; fi
+    echo "== round $round: beside 1,000 appends/s" >&2
+    "$BIN" bench delivery --url "$URL" --subscribers 1 --rate 1000 --seconds $((SECS + 4)) --warmup 1 \
+        --commit-times-url "$COMMIT_TIMES" >"$WORK/load-$round.md" 2>/dev/null &
+    LOAD_PID=$!
+    sleep 2
+    floor beside --no-header
+    wait "$LOAD_PID"
+    LOAD_PID=""
+done
+echo
+echo "### The load beside it: \`bench delivery\`, 1 subscriber × 1,000 events/s, $((SECS + 4)) s timed"
+echo
+grep -m 2 -E '^\|' "$WORK/load-1.md"
+cat "$WORK"/load-*.md | grep -E '^\| [0-9]'
+echo
+echo "== FlightDeck, 100 SSE subscribers × 1,000 events/s" >&2
+echo "### FlightDeck: \`bench delivery\`, 100 SSE subscribers × 1,000 events/s, $SECS s timed"
+echo
+"$BIN" bench delivery --url "$URL" --subscribers 100 --rate 1000 --seconds "$SECS" --warmup 1 \
+    --commit-times-url "$COMMIT_TIMES" 2>/dev/null | grep -E '^\|'
