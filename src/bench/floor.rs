@@ -79,8 +79,8 @@ fn now_micros() -> i64 {
 /// One frame: `id: <seq>` and `data: {"t":<send time, µs>,"p":"xx…"}`, padded to `bytes`.
 pub fn frame(seq: u64, sent_micros: i64, bytes: usize) -> Vec<u8> {
     let head = format!("id: {seq}\ndata: {{\"t\":{sent_micros},\"p\":\"");
-    let pad = bytes.saturating_sub(head.len() + 5);
-    let mut out = Vec::with_capacity(head.len() + pad + 5);
+    let pad = bytes.saturating_sub(head.len() + 4);
+    let mut out = Vec::with_capacity(head.len() + pad + 4);
     out.extend_from_slice(head.as_bytes());
     out.resize(out.len() + pad, b'x');
     out.extend_from_slice(b"\"}\n\n");
