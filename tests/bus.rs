@@ -347,3 +347,43 @@ async fn channels_and_publishing_are_applied_live_and_in_replays() {
     assert_eq!(db.store.read_stream("s", 2, 1).await.unwrap()[0].event_type, "Secret");
     r.stop().await;
 }
+
+/// Appends `n` events of type `ty` to `stream` in one append; returns the last one's position.
+async fn append_n(bus: &Bus, stream: &str, ty: &str, n: usize) -> Position {
+    let events: Vec<_> = (0..n).map(|i| NewEvent::new(ty, json!({"i": i}))).collect();
+    let appended = bus.append("default", stream, ExpectedVersion::Any, &events).await.unwrap();
+    appended.events.last().unwrap().position
+}
+
+#[tokio::test]
+async fn progress_never_passes_a_matching_event_not_yet_handed_out() {
+    let db = common::test_db().await;
+    let running = start(&db, no_poll()).await;
+    // Pages of the replay hold 500 events: the wanted ones sit inside pages of unwanted ones.
+    let first_b = append_n(&running.bus, "other", "B", 600).await;
+    let a1 = append_n(&running.bus, "wanted", "A", 1).await;
+    append_n(&running.bus, "other", "B", 300).await;
+    let a2 = append_n(&running.bus, "wanted", "A", 1).await;
+    let last_b = append_n(&running.bus, "other", "B", 450).await;
+    assert!(first_b < a1 && a1 < a2 && a2 < last_b);
+
+    let filter = Filter { types: vec!["A".into()], ..Filter::default() };
+    let mut sub = running.bus.subscribe(filter, Start::Beginning);
+    let progress = sub.progress();
+    assert_eq!(progress.get(), None, "nothing looked at before the first poll");
+    let got = take(&mut sub, 1).await;
+    assert_eq!(got[0].position, a1);
+    // The replay has read past A2 (same page) but not handed it out: progress stays before it.
+    assert!(progress.get().is_none_or(|p| p < a2), "progress {:?} passed A2 {a2}", progress.get());
+    let got = take(&mut sub, 1).await;
+    assert_eq!(got[0].position, a2);
+    // Nothing more matches: once the stream waits, it has looked through the whole log.
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err());
+    assert_eq!(progress.get(), Some(last_b));
+    // Live, an unwanted event moves it too, with nothing handed out.
+    let live_b = append_n(&running.bus, "other", "B", 1).await;
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err());
+    assert_eq!(progress.get(), Some(live_b));
+    drop(sub);
+    running.stop().await;
+}

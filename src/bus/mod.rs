@@ -21,7 +21,7 @@ pub use batch::{Batching, Chunks};
 pub use delivered::Delivered;
 pub use filter::{FieldMatch, Filter, FilterError};
 pub use routing::{DEFAULT_CHANNEL, Routing, RoutingError};
-pub use subscription::{Start, Subscription};
+pub use subscription::{Progress, Start, Subscription};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -10,8 +10,8 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -40,6 +40,32 @@ const REPLAY_PAGE: u32 = 500;
 /// behind, or with `Err(Closed)` at shutdown. Dropping it unsubscribes.
 pub struct Subscription {
     inner: BoxStream<'static, Result<Arc<Delivered>, BusError>>,
+    progress: Progress,
+}
+
+/// How far a subscription has looked through the log, matching or not.
+///
+/// Why: a consumer that keeps a checkpoint (the stats projector) sees only the events its filter
+/// matches, so without this its checkpoint would stay at the last match, and every restart would
+/// read again every event after it (a whole log of other applications' events, say). Whenever the
+/// subscription waits (for the store or the broadcast), every matching event at or before
+/// [`Progress::get`] has been handed out; a consumer that has also finished with those events may
+/// move its checkpoint there. Read it only between items, from the task that polls the stream.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<Mutex<Option<Position>>>);
+
+impl Progress {
+    /// The last position examined with nothing matching left to hand out; `None` before any (a
+    /// `Now` subscription that has seen nothing yet).
+    pub fn get(&self) -> Option<Position> {
+        self.0.lock().map_or(None, |p| *p)
+    }
+
+    fn set(&self, position: Option<Position>) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = position;
+        }
+    }
 }
 
 impl std::fmt::Debug for Subscription {
@@ -67,6 +93,8 @@ struct State {
     went_live: bool,
     /// The pump's position when subscribing: where a `Now` subscription that lags resumes.
     joined: Position,
+    /// `after`, published whenever nothing matching is waiting to be handed out.
+    progress: Progress,
 }
 
 impl Subscription {
@@ -77,18 +105,40 @@ impl Subscription {
             Start::Beginning => (Phase::Replay, Some(Position::START), None),
             Start::After(p) => (Phase::Replay, Some(p), None),
         };
-        let state = State { shared, filter, live, phase, after, replayed: VecDeque::new(), joined, went_live: false };
+        let progress = Progress::default();
+        let state = State {
+            shared,
+            filter,
+            live,
+            phase,
+            after,
+            replayed: VecDeque::new(),
+            joined,
+            went_live: false,
+            progress: progress.clone(),
+        };
         let inner = futures::stream::unfold(state, |mut state| async move {
             let item = state.next().await?;
             Some((item, state))
         });
-        Subscription { inner: Box::pin(inner) }
+        Subscription { inner: Box::pin(inner), progress }
+    }
+
+    /// A handle on how far this subscription has looked (see [`Progress`]); it stays valid after
+    /// [`Subscription::chunks`] takes the subscription.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 }
 
 impl State {
     async fn next(&mut self) -> Option<Result<Arc<Delivered>, BusError>> {
         loop {
+            // Every wait below (the store's read, the pump, the broadcast) starts from here with
+            // nothing matching left to hand out, so `after` is safe to publish.
+            if self.replayed.is_empty() {
+                self.progress.set(self.after);
+            }
             match self.phase {
                 Phase::Done => return None,
                 Phase::Replay => {

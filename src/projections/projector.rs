@@ -26,6 +26,8 @@ use super::{ProjectionError, ProjectorStats, STATS, apply, checkpoint};
 const CHUNK: usize = 500;
 /// Longest pause between attempts while the database is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the checkpoint is moved past events the projections do not count (see [`follow`]).
+const SKIP_EVERY: Duration = Duration::from_secs(2);
 
 /// Why one subscription ended.
 enum Restart {
@@ -73,6 +75,12 @@ fn filter() -> Filter {
 }
 
 /// Follows the log from the stored checkpoint until something goes wrong.
+///
+/// The subscription hands out only the tracker's events, so a checkpoint moved only by them would
+/// stay at the last one while other events pile up after it, and each restart would read all of
+/// those again. So every [`SKIP_EVERY`], between chunks, the checkpoint also moves to how far the
+/// subscription has looked ([`Progress`](crate::bus::Progress)): every counted event up to there
+/// has been applied, since the chunk loop applies each chunk before asking for the next.
 async fn follow(bus: &Bus, applied: &watch::Sender<Position>, stats: &ProjectorStats) -> Restart {
     let store = bus.store();
     let mut at = match checkpoint(store, STATS).await {
@@ -85,8 +93,31 @@ async fn follow(bus: &Bus, applied: &watch::Sender<Position>, stats: &ProjectorS
     applied.send_replace(at);
     stats.subscribes.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%at, "projector subscribing");
-    let mut chunks = bus.subscribe(filter(), Start::After(at)).chunks(Batching::ready(CHUNK));
-    while let Some(chunk) = chunks.next().await {
+    let subscription = bus.subscribe(filter(), Start::After(at));
+    let progress = subscription.progress();
+    let mut chunks = subscription.chunks(Batching::ready(CHUNK));
+    let mut skip = tokio::time::interval(SKIP_EVERY);
+    skip.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let chunk = tokio::select! {
+            // Chunks first: the skip branch runs only when no chunk is ready, so none is in flight.
+            biased;
+            chunk = chunks.next() => match chunk {
+                Some(chunk) => chunk,
+                None => return Restart::Stop,
+            },
+            _ = skip.tick() => {
+                let Some(seen) = progress.get().filter(|seen| *seen > at) else { continue };
+                match apply_chunk(bus, at, seen, &[]).await {
+                    Ok(_) => {
+                        at = seen;
+                        applied.send_replace(at);
+                        continue;
+                    }
+                    Err(err) => return restart_after(err),
+                }
+            }
+        };
         let events = match chunk {
             Ok(events) => events,
             Err(BusError::Lagged { .. }) => {
@@ -99,34 +130,46 @@ async fn follow(bus: &Bus, applied: &watch::Sender<Position>, stats: &ProjectorS
                 return Restart::Backoff;
             }
         };
-        match apply_chunk(bus, at, &events).await {
-            Ok((through, counted)) => {
+        let through = events.last().map_or(at, |e| e.position);
+        match apply_chunk(bus, at, through, &events).await {
+            Ok(counted) => {
                 at = through;
                 stats.counted.fetch_add(counted, Ordering::Relaxed);
                 stats.chunks.fetch_add(1, Ordering::Relaxed);
                 applied.send_replace(at);
             }
-            Err(ProjectionError::Moved { actual }) => {
-                tracing::info!(%actual, "projection checkpoint moved (rebuild or another server); following it");
-                return Restart::Now;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "projector cannot apply events; retrying from its checkpoint");
-                return Restart::Backoff;
-            }
+            Err(err) => return restart_after(err),
         }
     }
-    Restart::Stop
 }
 
-/// Counts `events` (read after `at`) and applies them; returns the new checkpoint and the count.
-async fn apply_chunk(bus: &Bus, at: Position, events: &[Arc<Delivered>]) -> Result<(Position, u64), ProjectionError> {
+/// What a failed apply means for the subscription.
+fn restart_after(err: ProjectionError) -> Restart {
+    match err {
+        ProjectionError::Moved { actual } => {
+            tracing::info!(%actual, "projection checkpoint moved (rebuild or another server); following it");
+            Restart::Now
+        }
+        err => {
+            tracing::warn!(error = %err, "projector cannot apply events; retrying from its checkpoint");
+            Restart::Backoff
+        }
+    }
+}
+
+/// Counts `events` (read after `at`, the last of them at or before `through`) and applies them,
+/// moving the checkpoint to `through`; returns the count.
+async fn apply_chunk(
+    bus: &Bus,
+    at: Position,
+    through: Position,
+    events: &[Arc<Delivered>],
+) -> Result<u64, ProjectionError> {
     let mut tally = Tally::default();
     for event in events {
         tally.add(event);
     }
-    let through = events.last().map_or(at, |e| e.position);
     let mut client = bus.store().pool().get().await?;
     apply::apply(&mut client, STATS, at, through, &tally).await?;
-    Ok((through, tally.counted))
+    Ok(tally.counted)
 }

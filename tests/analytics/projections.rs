@@ -71,6 +71,55 @@ async fn a_restarted_projector_resumes_from_its_checkpoint() {
 }
 
 #[tokio::test]
+async fn the_checkpoint_moves_past_events_the_projections_do_not_count() {
+    let db = common::test_db().await;
+    common::sites::register(&db.store, &["shop"]).await;
+    let first = Analytics::start(&db).await;
+    for i in 0..5 {
+        assert_eq!(first.track("shop", &format!("s{i}"), vec![page("/")]).await.0, 202);
+    }
+    first.caught_up(&db).await;
+    let counted = first.projections.counted();
+    assert_eq!(counted, 5);
+
+    // Another application's events, after the last tracker event: never counted, but a restart
+    // must not read them all again, so the stored checkpoint has to move past them too.
+    let mut last = Position::START;
+    for batch in 0..6 {
+        let events: Vec<_> = (0..200)
+            .map(|i| json!({"stream": format!("orders-{batch}"), "type": "OrderPlaced", "data": {"n": i}}))
+            .collect();
+        let (status, body) = first.app.post(json!(events)).await;
+        assert_eq!(status, 201, "{body}");
+        last = body["events"][199]["position"].as_str().unwrap().parse().unwrap();
+    }
+    let stored =
+        || async { flightdeck::projections::checkpoint(&db.store, flightdeck::projections::STATS).await.unwrap() };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stored().await < last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint stayed at {} (last event {last})",
+            stored().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(first.projections.position(), stored().await);
+    assert_eq!(first.projections.counted(), counted, "nothing foreign was counted");
+    first.stop().await;
+
+    // The next projector starts after them, and still counts what comes next exactly once.
+    let second = Analytics::start(&db).await;
+    let started = tokio::time::timeout(std::time::Duration::from_secs(30), second.projections.wait_for(last)).await;
+    assert!(matches!(started, Ok(true)), "the next projector started at {}", second.projections.position());
+    assert_eq!(second.track("shop", "late", vec![page("/late"), click("buy")]).await.0, 202);
+    second.caught_up(&db).await;
+    assert_eq!(second.projections.counted(), 2);
+    assert_exact(&second, &db, &["shop"]).await;
+    second.stop().await;
+}
+
+#[tokio::test]
 async fn two_projectors_on_one_database_count_each_event_once() {
     let db = common::test_db().await;
     let (a, b) = (Analytics::start(&db).await, Analytics::start(&db).await);
