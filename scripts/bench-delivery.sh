@@ -59,45 +59,14 @@ fi
 WORK=$(mktemp -d /tmp/flightdeck-bench.XXXXXX)
 chmod 755 "$WORK" # the embedded PostgreSQL runs as `postgres` when root and must reach its data
 DATA="$WORK/data"
-SERVER_PID=""
-
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 300); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
+# shellcheck source=scripts/bench-server.sh
+. scripts/bench-server.sh
 cleanup() {
     stop_server
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# start_server NAME [serve flags…]: starts a server and waits until it is ready.
-start_server() {
-    local log="$WORK/server-$1.log"
-    shift
-    env -u DATABASE_URL FLIGHTDECK_ADDR="127.0.0.1:$PORT" FLIGHTDECK_DATA_DIR="$DATA" FLIGHTDECK_LOG=warn \
-        "$BIN" serve --insecure-no-auth "$@" >"$log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 600); do
-        curl -sf -o /dev/null "$URL/readyz" && return 0
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "the server exited:" >&2
-            tail -n 20 "$log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "the server was not ready within 60 s" >&2
-    exit 1
-}
 
 # snapshot FILE: CPU ticks (1/100 s) of the server ("server") and of PostgreSQL's processes.
 snapshot() {

@@ -39,20 +39,9 @@ fi
 WORK=$(mktemp -d /tmp/flightdeck-floor.XXXXXX)
 chmod 755 "$WORK" # the embedded PostgreSQL runs as `postgres` when root and must reach its data
 DATA="$WORK/data"
-SERVER_PID=""
 LOAD_PID=""
-
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 300); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
+# shellcheck source=scripts/bench-server.sh
+. scripts/bench-server.sh
 cleanup() {
     [ -z "$LOAD_PID" ] || kill "$LOAD_PID" 2>/dev/null || true
     stop_server
@@ -61,33 +50,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_server() {
-    env -u DATABASE_URL FLIGHTDECK_ADDR="127.0.0.1:$PORT" FLIGHTDECK_DATA_DIR="$DATA" FLIGHTDECK_LOG=warn \
-        "$BIN" serve --insecure-no-auth >>"$WORK/server.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 600); do
-        curl -sf -o /dev/null "$URL/readyz" && return 0
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "the server exited:" >&2
-            tail -n 20 "$WORK/server.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "the server was not ready within 60 s" >&2
-    exit 1
-}
-
 echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel \
 $(uname -r); load average before the run: $(cut -d' ' -f1-3 /proc/loadavg). Checkout \
 $(git rev-parse --short HEAD 2>/dev/null || echo unknown); binary $BIN, built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')."
 echo
 
 # The cluster, with commit timestamps on for the real case (the setting needs a restart).
-start_server
+start_server init
 stop_server
 echo "track_commit_timestamp = on" >>"$DATA/postgres/data/postgresql.auto.conf"
-start_server
+start_server floor
 PG_SOCKET=$(sed -n 5p "$DATA/postgres/data/postmaster.pid")
 PG_PORT=$(sed -n 4p "$DATA/postgres/data/postmaster.pid")
 COMMIT_TIMES="host=$PG_SOCKET port=$PG_PORT user=postgres dbname=postgres"

@@ -12,7 +12,7 @@
 //! (for instance while the machine also carries the 1,000 appends a second the target is about;
 //! `scripts/bench-floor.sh` runs it beside that load), no server design reaches the target here.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Args;
 use memchr::memmem;
@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::broadcast;
 
-use super::client::ClientBenchError;
+use super::client::{ClientBenchError, wall_micros};
 use super::stats::{Samples, process_cpu_seconds};
 
 /// `flightdeck bench floor`.
@@ -71,10 +71,6 @@ pub struct BenchFloorWriterArgs {
 const QUEUE: usize = 4096;
 /// How long the writer waits for all its connections.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
 
 /// One frame: `id: <seq>` and `data: {"t":<send time, µs>,"p":"xx…"}`, padded to `bytes`.
 pub fn frame(seq: u64, sent_micros: i64, bytes: usize) -> Vec<u8> {
@@ -134,7 +130,7 @@ pub async fn write(args: &BenchFloorWriterArgs) -> Result<(), ClientBenchError> 
     for seq in 0..args.frames {
         tick.tick().await;
         // No receiver left only if every connection failed; the reader reports what is missing.
-        let _ = sender.send(std::sync::Arc::new(frame(seq, now_micros(), args.frame_bytes)));
+        let _ = sender.send(std::sync::Arc::new(frame(seq, wall_micros(), args.frame_bytes)));
     }
     drop(sender);
     while connections.join_next().await.is_some() {}
@@ -161,7 +157,7 @@ async fn read_connection(addr: String, timed_from: u64) -> Result<Received, Clie
         if socket.read_buf(&mut buffer).await? == 0 {
             return Ok(received);
         }
-        let at = now_micros();
+        let at = wall_micros();
         let mut start = 0;
         while let Some(end) = finder.find(&buffer[start..]) {
             let (seq, sent) = parse_frame(&buffer[start..start + end])

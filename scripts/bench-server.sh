@@ -1,0 +1,40 @@
+# Sourced by the benchmark scripts: start and stop one `flightdeck serve` on loopback with the
+# embedded PostgreSQL in a scratch data directory. Needs WORK (a scratch directory), DATA (the
+# data directory), PORT, URL and BIN set; keeps the running server's pid in SERVER_PID.
+# shellcheck shell=bash
+
+SERVER_PID=""
+
+# stop_server: SIGTERM, then SIGKILL after 30 s; nothing if no server runs.
+stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 300); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+# start_server NAME [serve flags…]: starts a server logging to $WORK/server-NAME.log and waits
+# until it is ready; exits the script if it does not get there.
+start_server() {
+    local log="$WORK/server-$1.log"
+    shift
+    env -u DATABASE_URL FLIGHTDECK_ADDR="127.0.0.1:$PORT" FLIGHTDECK_DATA_DIR="$DATA" FLIGHTDECK_LOG=warn \
+        "$BIN" serve --insecure-no-auth "$@" >"$log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 600); do
+        curl -sf -o /dev/null "$URL/readyz" && return 0
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "the server exited:" >&2
+            tail -n 20 "$log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "the server was not ready within 60 s" >&2
+    exit 1
+}
