@@ -40,14 +40,9 @@ BIG=10000
 for tool in curl jq; do
     command -v "$tool" >/dev/null || { echo "bench-delivery.sh needs $tool" >&2; exit 1; }
 done
-if [ ! -x "$BIN" ] || [ "${BENCH_BUILD:-0}" = 1 ]; then
-    echo "building the release binary" >&2
-    cargo build --release --quiet
-fi
-if curl -s -o /dev/null "$URL/healthz"; then
-    echo "something already listens on $URL; set BENCH_PORT" >&2
-    exit 1
-fi
+# shellcheck source=scripts/bench-server.sh
+. scripts/bench-server.sh
+prepare_bench
 
 # 10,000 SSE streams need 10,000 sockets in the client and in the server (both inherit this).
 ulimit -n 30000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -59,8 +54,6 @@ fi
 WORK=$(mktemp -d /tmp/flightdeck-bench.XXXXXX)
 chmod 755 "$WORK" # the embedded PostgreSQL runs as `postgres` when root and must reach its data
 DATA="$WORK/data"
-# shellcheck source=scripts/bench-server.sh
-. scripts/bench-server.sh
 cleanup() {
     stop_server
     rm -rf "$WORK"

@@ -27,21 +27,14 @@ BIN=${FLIGHTDECK_BIN:-target/release/flightdeck}
 URL="http://127.0.0.1:$PORT"
 
 command -v curl >/dev/null || { echo "bench-floor.sh needs curl" >&2; exit 1; }
-if [ ! -x "$BIN" ] || [ "${BENCH_BUILD:-0}" = 1 ]; then
-    echo "building the release binary" >&2
-    cargo build --release --quiet
-fi
-if curl -s -o /dev/null "$URL/healthz"; then
-    echo "something already listens on $URL; set BENCH_PORT" >&2
-    exit 1
-fi
+# shellcheck source=scripts/bench-server.sh
+. scripts/bench-server.sh
+prepare_bench
 
 WORK=$(mktemp -d /tmp/flightdeck-floor.XXXXXX)
 chmod 755 "$WORK" # the embedded PostgreSQL runs as `postgres` when root and must reach its data
 DATA="$WORK/data"
 LOAD_PID=""
-# shellcheck source=scripts/bench-server.sh
-. scripts/bench-server.sh
 cleanup() {
     [ -z "$LOAD_PID" ] || kill "$LOAD_PID" 2>/dev/null || true
     stop_server

@@ -1,9 +1,23 @@
-# Sourced by the benchmark scripts: start and stop one `flightdeck serve` on loopback with the
-# embedded PostgreSQL in a scratch data directory. Needs WORK (a scratch directory), DATA (the
-# data directory), PORT, URL and BIN set; keeps the running server's pid in SERVER_PID.
+# Sourced by the benchmark scripts: check what they need, then start and stop one
+# `flightdeck serve` on loopback with the embedded PostgreSQL in a scratch data directory.
+# Needs PORT, URL and BIN set, and for start_server also WORK (a scratch directory) and DATA (the
+# data directory); keeps the running server's pid in SERVER_PID.
 # shellcheck shell=bash
 
 SERVER_PID=""
+
+# prepare_bench: builds the release binary if $BIN is missing (or BENCH_BUILD=1), and refuses to
+# run over something already listening on $URL.
+prepare_bench() {
+    if [ ! -x "$BIN" ] || [ "${BENCH_BUILD:-0}" = 1 ]; then
+        echo "building the release binary" >&2
+        cargo build --release --quiet
+    fi
+    if curl -s -o /dev/null "$URL/healthz"; then
+        echo "something already listens on $URL; set BENCH_PORT" >&2
+        exit 1
+    fi
+}
 
 # stop_server: SIGTERM, then SIGKILL after 30 s; nothing if no server runs.
 stop_server() {
