@@ -143,6 +143,9 @@ stop_server
 cat "$WORK/facts.md"
 echo "### Ingestion over HTTP ($CLIENTS clients, one event per request, $SECS s per run)"
 echo
+if [ ! -s "$WORK/ingest.jsonl" ]; then
+    echo "Not run (BENCH_ROUNDS=$ROUNDS)."
+else
 jq -rs '
   def mean(f): (map(f) | add / length);
   def fmt: (. * 100 | round / 100 | tostring);
@@ -164,6 +167,7 @@ jq -rs '
       | "Targets for \($m): ≥ 0.8× off: \($eps / $off | fmt)x, \(verdict($eps >= 0.8 * $off)); "
         + "≥ 3× seed: \($eps / $seed | fmt)x, \(verdict($eps >= 3 * $seed)).")
 ' "$WORK/ingest.jsonl"
+fi
 echo
 echo "### Delivery (SSE, $DELIVERY_SECS s timed per case)"
 echo
