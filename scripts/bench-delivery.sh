@@ -113,18 +113,8 @@ for mode in $(for _ in $(seq "$ROUNDS"); do echo on on-sse off seed seed off on-
 done
 
 echo "== delivery" >&2
-if [ ! -d "$DATA/postgres/data" ]; then
-    start_server init # no ingestion run created the cluster (BENCH_ROUNDS=0)
-    stop_server
-fi
-# Commit timestamps for commit→client; the setting takes effect at the server's start.
-echo "track_commit_timestamp = on" >>"$DATA/postgres/data/postgresql.auto.conf"
-start_server delivery
-# The embedded cluster listens only on a Unix socket: its directory and port are lines 5 and 4 of
-# postmaster.pid.
-PG_SOCKET=$(sed -n 5p "$DATA/postgres/data/postmaster.pid")
-PG_PORT=$(sed -n 4p "$DATA/postgres/data/postmaster.pid")
-COMMIT_TIMES="host=$PG_SOCKET port=$PG_PORT user=postgres dbname=postgres"
+# Commit timestamps for commit→client (the ingestion runs kept PostgreSQL's default).
+start_with_commit_times delivery
 delivery_case() {
     snapshot "$WORK/before"
     t0=$(now)

@@ -48,14 +48,8 @@ $(uname -r); load average before the run: $(cut -d' ' -f1-3 /proc/loadavg). Chec
 $(git rev-parse --short HEAD 2>/dev/null || echo unknown); binary $BIN, built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')."
 echo
 
-# The cluster, with commit timestamps on for the real case (the setting needs a restart).
-start_server init
-stop_server
-echo "track_commit_timestamp = on" >>"$DATA/postgres/data/postgresql.auto.conf"
-start_server floor
-PG_SOCKET=$(sed -n 5p "$DATA/postgres/data/postmaster.pid")
-PG_PORT=$(sed -n 4p "$DATA/postgres/data/postmaster.pid")
-COMMIT_TIMES="host=$PG_SOCKET port=$PG_PORT user=postgres dbname=postgres"
+# Commit timestamps on, for the real case's commit→client.
+start_with_commit_times floor
 
 # floor LABEL [--no-header]
 floor() { "$BIN" bench floor --subscribers 100 --rate 1000 --seconds "$SECS" --warmup 1 --label "$@"; }

@@ -52,3 +52,20 @@ start_server() {
     echo "the server was not ready within 60 s" >&2
     exit 1
 }
+
+# start_with_commit_times NAME: starts a server whose PostgreSQL has track_commit_timestamp on
+# (creating the cluster first if needed: the setting takes effect at a start) and sets
+# COMMIT_TIMES, the connection string `bench delivery --commit-times-url` needs. The embedded
+# cluster listens only on a Unix socket: its directory and port are lines 5 and 4 of postmaster.pid.
+start_with_commit_times() {
+    if [ ! -d "$DATA/postgres/data" ]; then
+        start_server init
+        stop_server
+    fi
+    echo "track_commit_timestamp = on" >>"$DATA/postgres/data/postgresql.auto.conf"
+    start_server "$1"
+    local socket port
+    socket=$(sed -n 5p "$DATA/postgres/data/postmaster.pid")
+    port=$(sed -n 4p "$DATA/postgres/data/postmaster.pid")
+    COMMIT_TIMES="host=$socket port=$port user=postgres dbname=postgres"
+}
