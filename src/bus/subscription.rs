@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -52,17 +52,26 @@ pub struct Subscription {
 /// [`Progress::get`] has been handed out; a consumer that has also finished with those events may
 /// move its checkpoint there. Read it only between items, from the task that polls the stream.
 #[derive(Debug, Clone, Default)]
-pub struct Progress(Arc<Mutex<Option<Position>>>);
+pub struct Progress(Arc<ProgressCell>);
+
+#[derive(Debug, Default)]
+struct ProgressCell {
+    /// Set once someone asked for the handle: until then the stream's hot path skips the lock.
+    wanted: AtomicBool,
+    at: Mutex<Option<Position>>,
+}
 
 impl Progress {
     /// The last position examined with nothing matching left to hand out; `None` before any (a
-    /// `Now` subscription that has seen nothing yet).
+    /// `Now` subscription that has seen nothing yet). It may lag a little behind: never ahead.
     pub fn get(&self) -> Option<Position> {
-        self.0.lock().map_or(None, |p| *p)
+        self.0.at.lock().map_or(None, |p| *p)
     }
 
     fn set(&self, position: Option<Position>) {
-        if let Ok(mut p) = self.0.lock() {
+        if self.0.wanted.load(Ordering::Relaxed)
+            && let Ok(mut p) = self.0.at.lock()
+        {
             *p = position;
         }
     }
@@ -127,6 +136,7 @@ impl Subscription {
     /// A handle on how far this subscription has looked (see [`Progress`]); it stays valid after
     /// [`Subscription::chunks`] takes the subscription.
     pub fn progress(&self) -> Progress {
+        self.progress.0.wanted.store(true, Ordering::Relaxed);
         self.progress.clone()
     }
 }
