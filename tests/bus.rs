@@ -309,6 +309,60 @@ async fn two_processes_on_one_database_see_each_others_events() {
     two.stop().await;
 }
 
+/// A session LISTENing on FlightDeck's channel, its notifications' payloads sent to the receiver.
+async fn raw_listener(db: &common::TestDb) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (client, mut connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {}", flightdeck::bus::CHANNEL)).await.unwrap();
+    (client, rx)
+}
+
+#[tokio::test]
+async fn a_process_alone_sends_no_wake_ups_and_one_that_starts_listening_is_told() {
+    let db = common::test_db().await;
+    let r = start(&db, no_poll()).await;
+    let (watcher, mut heard) = raw_listener(&db).await;
+    let mut sub = r.bus.subscribe(Filter::default(), Start::Now);
+    // Alone (the watcher is not named as a FlightDeck listener): delivered here, announced nowhere.
+    for i in 0..20 {
+        append(&r.bus, "alone", "Alone", json!(i)).await;
+    }
+    take(&mut sub, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(heard.try_recv().is_err(), "a NOTIFY was sent with nobody else listening");
+    assert_eq!(r.bus.stats().notifications.load(std::sync::atomic::Ordering::Relaxed), 0, "the bus heard itself");
+
+    // The watcher takes the listener's name right after an append, so the next append is held on
+    // an answer from before it: it must still be announced, with nothing appended after it.
+    let first = append_n(&r.bus, "alone", "Alone", 1).await;
+    watcher.batch_execute(&format!("SET application_name = '{}'", flightdeck::bus::LISTENER_NAME)).await.unwrap();
+    let second = append_n(&r.bus, "alone", "Alone", 1).await;
+    assert!(second > first);
+    loop {
+        let note = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.expect("no wake-up came").unwrap();
+        // The first one may be announced too, if the answer was renewed between the two appends.
+        let position: Position = note.parse().unwrap();
+        assert!(position == first || position == second, "a wake-up for {position}");
+        if position == second {
+            break;
+        }
+    }
+
+    // Now that someone listens, each append is announced.
+    let third = append_n(&r.bus, "alone", "Alone", 1).await;
+    let note = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.expect("no wake-up came").unwrap();
+    assert_eq!(note, third.to_string());
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_ends_subscriptions() {
     let db = common::test_db().await;

@@ -1,16 +1,21 @@
-//! The process's one LISTEN connection, and the notifier that tells other processes about this
-//! process's appends. Both reconnect by themselves.
+//! The process's one LISTEN connection: it reconnects by itself, and its session carries a name
+//! ([`LISTENER_NAME`]) by which other processes' notifiers know someone listens (`notifier.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::store::Position;
 
 use super::{CHANNEL, Shared};
+
+/// The `application_name` of every FlightDeck listener session. A notifier announces its process's
+/// appends only while a session of that name, other than its own process's, is connected to the
+/// database (`notifier.rs`); another application that wants the wake-ups can LISTEN under it.
+pub const LISTENER_NAME: &str = "flightdeck listener";
 
 /// How often the listener proves its connection alive, and how long the proof may take.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -18,7 +23,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Aborts the connection-driving task when the session ends, however it ends.
-struct Driver(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
+pub(super) struct Driver(pub(super) tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -28,7 +33,7 @@ impl Drop for Driver {
 
 /// Opens a connection whose notifications go to `notes`; returns the client and the task driving
 /// the connection (its end means the connection is gone).
-async fn connect(
+pub(super) async fn connect(
     config: &tokio_postgres::Config,
     notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Result<(Client, Driver), tokio_postgres::Error> {
@@ -76,8 +81,13 @@ async fn session(
     connected_before: &mut bool,
 ) -> Result<(), String> {
     let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
-    let (client, mut driver) = connect(config, Some(tx)).await.map_err(|e| e.to_string())?;
+    let mut config = config.clone();
+    config.application_name(LISTENER_NAME);
+    let (client, mut driver) = connect(&config, Some(tx)).await.map_err(|e| e.to_string())?;
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.map_err(|e| e.to_string())?.get(0);
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| e.to_string())?;
+    // Dropped (back to 0) however this session ends.
+    let _pid = ListenerPid::set(shared, pid);
     if *connected_before {
         shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!("listener reconnected; catching up from the log");
@@ -119,45 +129,19 @@ async fn session(
     }
 }
 
-/// Announces this process's appends to other processes: one autocommit `pg_notify` carrying the
-/// newest position, at most once per `notify_interval`, however many appends happened. The appends
-/// themselves never take NOTIFY's commit-time lock.
-pub(super) async fn notify(shared: Arc<Shared>, config: tokio_postgres::Config) {
-    let mut local = shared.local.subscribe();
-    let mut conn: Option<(Client, Driver, Statement)> = None;
-    loop {
-        tokio::select! {
-            changed = local.changed() => if changed.is_err() { return },
-            _ = shared.shutdown.cancelled() => return,
-        }
-        let position = *local.borrow_and_update();
-        if conn.as_ref().is_none_or(|(_, d, _)| d.0.is_finished()) {
-            conn = notifier(&config).await.ok();
-        }
-        if let Some((client, _, statement)) = &conn {
-            let sent = client.execute(statement, &[&CHANNEL, &position.to_string()]).await;
-            if let Err(err) = sent {
-                tracing::debug!(error = %err, "could not send a wake-up; other processes will poll");
-                conn = None;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(shared.options.notify_interval) => {}
-            _ = shared.shutdown.cancelled() => return,
-        }
+/// This process's listener backend, published in [`Shared`] for the notifier while the session
+/// lasts.
+struct ListenerPid<'a>(&'a Shared);
+
+impl<'a> ListenerPid<'a> {
+    fn set(shared: &'a Shared, pid: i32) -> Self {
+        shared.listener_pid.store(pid, Ordering::Release);
+        ListenerPid(shared)
     }
 }
 
-/// The notifier's connection, with its statement prepared once.
-///
-/// Its transactions commit asynchronously (`synchronous_commit = off`): a wake-up is a hint, not
-/// data, so it need not wait for its commit record to reach the disk. Waiting would cost a WAL
-/// flush per wake-up, and for that whole flush the wake-up's transaction (a notifying transaction
-/// takes an xid) would hold back the visibility horizon, which keeps the pump from reading events
-/// committed meanwhile (`store/read.rs`).
-async fn notifier(config: &tokio_postgres::Config) -> Result<(Client, Driver, Statement), tokio_postgres::Error> {
-    let (client, driver) = connect(config, None).await?;
-    client.batch_execute("SET synchronous_commit = off").await?;
-    let statement = client.prepare("SELECT pg_notify($1, $2)").await?;
-    Ok((client, driver, statement))
+impl Drop for ListenerPid<'_> {
+    fn drop(&mut self) {
+        self.0.listener_pid.store(0, Ordering::Release);
+    }
 }

@@ -12,6 +12,7 @@ mod batch;
 mod delivered;
 mod filter;
 mod listener;
+mod notifier;
 mod pump;
 mod routing;
 mod subscription;
@@ -20,11 +21,12 @@ mod thread;
 pub use batch::{Batching, Chunks};
 pub use delivered::Delivered;
 pub use filter::{FieldMatch, Filter, FilterError};
+pub use listener::LISTENER_NAME;
 pub use routing::{DEFAULT_CHANNEL, Routing, RoutingError};
 pub use subscription::{Progress, Start, Subscription};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -164,6 +166,9 @@ pub(crate) struct Shared {
     read_requested: AtomicBool,
     /// A read behind a lone append was sent and not yet answered (`pump.rs`, `Hooks`).
     read_behind_pending: AtomicBool,
+    /// The backend pid of this process's listener session, 0 while it is down: the notifier does
+    /// not count it as someone else listening (`notifier.rs`).
+    listener_pid: AtomicI32,
     stats: BusStats,
     /// Appends made through the bus share transactions (see `store::GroupCommit`).
     committer: GroupCommit,
@@ -257,6 +262,7 @@ impl Bus {
                 wake: Notify::new(),
                 read_requested: AtomicBool::new(false),
                 read_behind_pending: AtomicBool::new(false),
+                listener_pid: AtomicI32::new(0),
                 stats: BusStats::default(),
                 committer,
                 shutdown,
@@ -270,7 +276,7 @@ impl Bus {
         if shared.options.deliver {
             thread.spawn(pump::run(shared.clone()));
             thread.spawn(listener::listen(shared.clone(), listen.clone()));
-            thread.spawn(listener::notify(shared.clone(), listen));
+            thread.spawn(notifier::notify(shared.clone(), listen));
         }
         Ok(Bus { shared })
     }
