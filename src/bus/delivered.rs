@@ -4,7 +4,8 @@
 //! Fan-out repeats per-subscriber work once per event per subscriber; at 100 subscribers,
 //! serializing the envelope for each of them was a fifth of the server's CPU (docs/benchmarks.md).
 //! Rendering lazily means an event no subscriber wants is never serialized, and one that a
-//! hundred want is serialized once.
+//! hundred want is serialized once. The same goes for its Server-Sent Events frame: a hundred
+//! streams write one shared buffer, not a hundred copies of it.
 
 use std::ops::Deref;
 use std::sync::OnceLock;
@@ -19,12 +20,13 @@ pub struct Delivered {
     event: RecordedEvent,
     json: OnceLock<Bytes>,
     position: OnceLock<Box<str>>,
+    sse: OnceLock<Bytes>,
 }
 
 impl Delivered {
     /// Wraps an event read from the store.
     pub fn new(event: RecordedEvent) -> Self {
-        Delivered { event, json: OnceLock::new(), position: OnceLock::new() }
+        Delivered { event, json: OnceLock::new(), position: OnceLock::new(), sse: OnceLock::new() }
     }
 
     /// The event.
@@ -46,6 +48,21 @@ impl Delivered {
     /// The position as text (an SSE `id:`, a resume token), formatted once.
     pub fn position_text(&self) -> &str {
         self.position.get_or_init(|| self.event.position.to_string().into_boxed_str())
+    }
+
+    /// The event as one Server-Sent Events frame (`id: <position>`, `data: <envelope>`, a blank
+    /// line), rendered once and shared by every stream that sends it alone.
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse.get_or_init(|| {
+            let (id, json) = (self.position_text(), self.json());
+            let mut frame = Vec::with_capacity(id.len() + json.len() + 13);
+            frame.extend_from_slice(b"id: ");
+            frame.extend_from_slice(id.as_bytes());
+            frame.extend_from_slice(b"\ndata: ");
+            frame.extend_from_slice(json);
+            frame.extend_from_slice(b"\n\n");
+            Bytes::from(frame)
+        })
     }
 }
 

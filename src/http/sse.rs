@@ -192,6 +192,10 @@ impl futures::Stream for Frames {
 /// Renders a chunk: one frame per event, or (batched) one frame holding a JSON array, whose `id:`
 /// is its last event's position.
 pub(crate) fn render(events: &[Arc<Delivered>], batched: bool) -> Bytes {
+    if let ([event], false) = (events, batched) {
+        // The usual live case: the frame every stream shares, not a copy of it.
+        return event.sse_frame().clone();
+    }
     let size: usize = events.iter().map(|e| e.json().len() + 50).sum();
     let mut out = BytesMut::with_capacity(size + 2);
     if batched {
@@ -288,4 +292,38 @@ fn parse_batch(value: &str) -> Result<Batching, ApiError> {
 /// At most 80 characters of client input, for error messages.
 fn clip(text: &str) -> String {
     text.chars().take(80).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::RecordedEvent;
+
+    fn delivered(i: u64) -> Arc<Delivered> {
+        let event = RecordedEvent {
+            id: uuid::Uuid::now_v7(),
+            position: "0000000000000001000000000000000a".parse().unwrap(),
+            stream: format!("s-{i}"),
+            site: "default".into(),
+            version: i,
+            event_type: "T".into(),
+            data: serde_json::json!({"i": i, "text": "two\nlines"}),
+            metadata: serde_json::json!({}),
+            timestamp: chrono::Utc::now(),
+        };
+        Arc::new(Delivered::new(event))
+    }
+
+    #[test]
+    fn a_lone_event_is_sent_as_its_shared_frame_with_the_same_bytes_as_in_a_chunk() {
+        let (a, b) = (delivered(1), delivered(2));
+        let alone = render(std::slice::from_ref(&a), false);
+        assert_eq!(alone.as_ptr(), a.sse_frame().as_ptr(), "the shared frame, not a copy");
+        let expected = format!("id: {}\ndata: {}\n\n", a.position_text(), std::str::from_utf8(a.json()).unwrap());
+        assert_eq!(alone, expected.as_bytes());
+        // Several events at once are rendered together, each exactly as it is alone.
+        let both = render(&[a.clone(), b.clone()], false);
+        assert_eq!(both, [alone.as_ref(), render(std::slice::from_ref(&b), false).as_ref()].concat());
+    }
 }
