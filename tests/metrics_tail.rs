@@ -124,8 +124,14 @@ async fn metrics_follow_appends_deliveries_and_sse_subscribers() {
     assert!(after["flightdeck_catch_up_reads_total"] > before["flightdeck_catch_up_reads_total"], "{after:?}");
     // One request at a time: each append commits alone, and the log is read right behind it.
     assert!(after["flightdeck_reads_behind_appends_total"] >= 1.0, "{after:?}");
-    // The bus announces its own appends with NOTIFY, which its own listener receives.
+    // Alone on its database, the bus announces its appends to nobody (bus/notifier.rs) ...
+    assert_eq!(after["flightdeck_notifications_received_total"], 0.0, "{after:?}");
+    // ... and hears the NOTIFY of an append made by another application through SQL.
+    let sql = app.store.pool().get().await.unwrap();
+    sql.batch_execute("SELECT flightdeck.append('m-sql', 'Counted', '6')").await.unwrap();
     app.wait_metric("flightdeck_notifications_received_total", |v| v >= 1.0).await;
+    assert_eq!(sse.events(1).await.len(), 1);
+    drop(sql);
 
     // A subscription replaying from the start reads the log.
     let reads = app.metrics().await["flightdeck_catch_up_reads_total"];
