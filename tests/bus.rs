@@ -309,27 +309,11 @@ async fn two_processes_on_one_database_see_each_others_events() {
     two.stop().await;
 }
 
-/// A session LISTENing on FlightDeck's channel, its notifications' payloads sent to the receiver.
-async fn raw_listener(db: &common::TestDb) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let (client, mut connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    client.batch_execute(&format!("LISTEN {}", flightdeck::bus::CHANNEL)).await.unwrap();
-    (client, rx)
-}
-
 #[tokio::test]
 async fn a_process_alone_sends_no_wake_ups_and_one_that_starts_listening_is_told() {
     let db = common::test_db().await;
     let r = start(&db, no_poll()).await;
-    let (watcher, mut heard) = raw_listener(&db).await;
+    let (watcher, mut heard) = db.listen(flightdeck::bus::CHANNEL).await;
     let mut sub = r.bus.subscribe(Filter::default(), Start::Now);
     // Alone (the watcher is not named as a FlightDeck listener): delivered here, announced nowhere.
     for i in 0..20 {

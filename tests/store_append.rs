@@ -289,19 +289,8 @@ async fn two_stores_appending_to_one_stream_never_collide_or_skip_versions() {
 
 #[tokio::test]
 async fn the_seed_style_append_notifies_the_whole_event_in_its_transaction() {
-    use futures::StreamExt;
     let db = common::test_db().await;
-    let (client, mut connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
-    let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    client.batch_execute(&format!("LISTEN {}", flightdeck::store::SEED_CHANNEL)).await.unwrap();
+    let (_client, mut notes) = db.listen(flightdeck::store::SEED_CHANNEL).await;
     let out =
         db.store.append_seed_style("default", "seed", ExpectedVersion::Any, &[ev("PageViewed", 7)]).await.unwrap();
     let payload = tokio::time::timeout(std::time::Duration::from_secs(10), notes.recv()).await.unwrap().unwrap();

@@ -42,6 +42,27 @@ impl TestDb {
         client
     }
 
+    /// A new connection LISTENing on `channel`; the payload of each notification it receives goes
+    /// to the receiver.
+    pub async fn listen(
+        &self,
+        channel: &str,
+    ) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use futures::StreamExt;
+        let (client, mut connection) = self.config.connect(NoTls).await.expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {channel}")).await.expect("LISTEN");
+        (client, rx)
+    }
+
     /// A libpq connection string for child processes (the CLI).
     pub fn url(&self) -> String {
         let c = &self.config;
