@@ -192,39 +192,34 @@ impl futures::Stream for Frames {
 /// Renders a chunk: one frame per event, or (batched) one frame holding a JSON array, whose `id:`
 /// is its last event's position.
 pub(crate) fn render(events: &[Arc<Delivered>], batched: bool) -> Bytes {
-    if let ([event], false) = (events, batched) {
-        // The usual live case: the frame every stream shares, not a copy of it.
-        return event.sse_frame().clone();
-    }
-    let size: usize = events.iter().map(|e| e.json().len() + 50).sum();
-    let mut out = BytesMut::with_capacity(size + 2);
-    if batched {
-        if let Some(last) = events.last() {
-            id_line(&mut out, last);
+    if !batched {
+        if let [event] = events {
+            // The usual live case: the frame every stream shares, not a copy of it.
+            return event.sse_frame().clone();
         }
-        out.put_slice(b"data: [");
-        for (i, event) in events.iter().enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            out.put_slice(event.json());
-        }
-        out.put_slice(b"]\n\n");
-    } else {
+        // Each event's own frame (rendered once for every stream), one after the other.
+        let mut out = BytesMut::with_capacity(events.iter().map(|e| e.sse_frame().len()).sum());
         for event in events {
-            id_line(&mut out, event);
-            out.put_slice(b"data: ");
-            out.put_slice(event.json());
-            out.put_slice(b"\n\n");
+            out.put_slice(event.sse_frame());
         }
+        return out.freeze();
     }
+    let size: usize = events.iter().map(|e| e.json().len() + 1).sum();
+    let mut out = BytesMut::with_capacity(size + 64);
+    if let Some(last) = events.last() {
+        out.put_slice(b"id: ");
+        out.put_slice(last.position_text().as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_slice(b"data: [");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(event.json());
+    }
+    out.put_slice(b"]\n\n");
     out.freeze()
-}
-
-fn id_line(out: &mut BytesMut, event: &Delivered) {
-    out.put_slice(b"id: ");
-    out.put_slice(event.position_text().as_bytes());
-    out.put_u8(b'\n');
 }
 
 /// Parses `types=A,B&site=a,b&channels=x,y&stream=..&streamPrefix=..&where=data.k:v&where=..&from=now|start|<position>&batch=N,T`.
