@@ -13,9 +13,11 @@
 #              the event, as the original sketch)
 # 2. Delivery (`flightdeck bench delivery`) against a normal server: 100 SSE subscribers at 1,000
 #    events/s, then 10,000 subscribers at 10 events/s. For this part only, the cluster runs with
-#    `track_commit_timestamp = on` (written into postgresql.auto.conf while it is stopped), and the
-#    bench reads PostgreSQL's commit timestamps to report commit→client; the ingestion runs keep
-#    the default (off), so they compare what they always compared.
+#    `track_commit_timestamp = on` and `track_wal_io_timing = on` (written into
+#    postgresql.auto.conf while it is stopped), and the bench reads PostgreSQL's commit timestamps
+#    to report commit→client, and pg_stat_wal to report the WAL flushes' mean time (the disk's
+#    part of it); the ingestion runs keep the defaults (off), so they compare what they always
+#    compared.
 #
 # Every server uses FlightDeck's embedded, durable PostgreSQL in one scratch data directory (one
 # initdb), listens on loopback only, and is stopped with SIGTERM. Everything this script started

@@ -54,7 +54,8 @@ start_server() {
 }
 
 # start_with_commit_times NAME: starts a server whose PostgreSQL has track_commit_timestamp on
-# (creating the cluster first if needed: the setting takes effect at a start) and sets
+# (creating the cluster first if needed: the setting takes effect at a start), and
+# track_wal_io_timing so that the bench reports how long the WAL flushes took, and sets
 # COMMIT_TIMES, the connection string `bench delivery --commit-times-url` needs. The embedded
 # cluster listens only on a Unix socket: its directory and port are lines 5 and 4 of postmaster.pid.
 start_with_commit_times() {
@@ -62,7 +63,7 @@ start_with_commit_times() {
         start_server init
         stop_server
     fi
-    echo "track_commit_timestamp = on" >>"$DATA/postgres/data/postgresql.auto.conf"
+    printf 'track_commit_timestamp = on\ntrack_wal_io_timing = on\n' >>"$DATA/postgres/data/postgresql.auto.conf"
     start_server "$1"
     local socket port
     socket=$(sed -n 5p "$DATA/postgres/data/postmaster.pid")

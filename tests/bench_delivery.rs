@@ -1,6 +1,7 @@
 //! `flightdeck bench delivery --commit-times-url` with the real binary: a server whose embedded
-//! PostgreSQL runs with `track_commit_timestamp = on`, a tiny case, and a commit→client figure
-//! in the report; and `flightdeck bench floor` (the same fan-out without a server) on a tiny case.
+//! PostgreSQL runs with `track_commit_timestamp = on`, a tiny case, and a commit→client figure and
+//! timed WAL flushes in the report; and `flightdeck bench floor` (the same fan-out without a
+//! server) on a tiny case.
 //! Timings are not asserted, only that the figures are there and plausible.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -15,6 +16,12 @@ fn p50(report: &str, subscribers: &str, column: usize) -> Option<f64> {
     cell.split('/').next()?.trim().parse().ok()
 }
 
+/// The WAL flush count in the report's line about them.
+fn wal_flushes(report: &str) -> Option<i64> {
+    let rest = report.split("PostgreSQL flushed its WAL ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
+}
+
 #[tokio::test]
 async fn commit_to_client_is_reported_with_commit_timestamps_on() {
     let dir = scratch_dir();
@@ -24,7 +31,7 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
     assert!(out.status.success(), "{}", stderr(&out));
     let pgdata = data.join("postgres/data");
     let mut conf = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
-    conf.push_str("track_commit_timestamp = on\n");
+    conf.push_str("track_commit_timestamp = on\ntrack_wal_io_timing = on\n");
     std::fs::write(pgdata.join("postgresql.auto.conf"), conf).unwrap();
 
     let server = Server::start(|c| {
@@ -52,6 +59,10 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
     let stored = p50(&report, "3", 5).unwrap();
     // The commit comes after the INSERT; allow a little for rounding between the two clocks' readings.
     assert!(commit > -1.0 && commit <= stored + 1.0, "commit→client {commit} ms, stored→client {stored}:\n{report}");
+    // Every append of the case was a durable commit, so the WAL was flushed during it, and timed.
+    let flushes = wal_flushes(&report).unwrap_or_else(|| panic!("no WAL flush count:\n{report}"));
+    assert!(flushes > 0, "{report}");
+    assert!(report.contains(" ms each on average (pg_stat_wal;"), "{report}");
 
     // Without the option there is no commit→client figure.
     let report = bench(&[]);
@@ -66,6 +77,9 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
         "{report}"
     );
     assert_eq!(p50(&report, "3", 4), None, "{report}");
+    // Its WAL flushes are still counted (the shared cluster's, other tests' included), untimed.
+    assert!(wal_flushes(&report).is_some(), "{report}");
+    assert!(report.contains("(not timed: track_wal_io_timing is off)"), "{report}");
     drop(server);
 }
 

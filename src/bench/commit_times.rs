@@ -8,6 +8,11 @@
 //!
 //! After each case, `bench delivery` looks up every distinct xid its subscribers received in one
 //! query and joins the commit times with each subscriber's receipt times.
+//!
+//! The same connection counts the WAL flushes during the case (`pg_stat_wal`), and times them
+//! when `track_wal_io_timing` is on: the flush lies between the commit timestamp and the moment
+//! the commit becomes visible, so its mean is the disk's share of commit → client, which no
+//! server can take away.
 
 use std::collections::HashMap;
 
@@ -33,6 +38,39 @@ pub struct CommitLatency {
     pub unknown_transactions: usize,
     /// Received timed events left out: no xid in their `id:`, or no commit timestamp.
     pub left_out: u64,
+}
+
+/// PostgreSQL's WAL flushes (`fdatasync` and the like, from every process) up to some moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WalFlushes {
+    /// Flushes so far.
+    pub count: i64,
+    /// Milliseconds spent in them, when `track_wal_io_timing` is on.
+    pub millis: Option<f64>,
+}
+
+impl WalFlushes {
+    /// The flushes between `before` and this reading.
+    pub fn since(&self, before: &WalFlushes) -> WalFlushes {
+        WalFlushes {
+            count: self.count - before.count,
+            millis: self.millis.zip(before.millis).map(|(after, before)| after - before),
+        }
+    }
+
+    /// A sentence for under the report's table.
+    pub fn describe(&self) -> String {
+        let what = format!("PostgreSQL flushed its WAL {} times during the case", self.count);
+        match self.millis {
+            Some(ms) if self.count > 0 => format!(
+                "{what}, {:.3} ms each on average (pg_stat_wal; the commit timestamp precedes its flush, so \
+                 this is part of commit→client)",
+                ms / self.count as f64
+            ),
+            Some(_) => what,
+            None => format!("{what} (not timed: track_wal_io_timing is off)"),
+        }
+    }
 }
 
 fn db_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> ClientBenchError + '_ {
@@ -72,6 +110,20 @@ impl CommitClock {
                  e.g. ALTER SYSTEM SET track_commit_timestamp = on)"
             )
         }))
+    }
+
+    /// The WAL flushes so far, timed if `track_wal_io_timing` is on.
+    pub async fn wal_flushes(&self) -> Result<WalFlushes, ClientBenchError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT wal_sync, CASE WHEN current_setting('track_wal_io_timing') = 'on' THEN wal_sync_time END \
+                 FROM pg_stat_wal",
+                &[],
+            )
+            .await
+            .map_err(db_error("pg_stat_wal"))?;
+        Ok(WalFlushes { count: row.get(0), millis: row.get(1) })
     }
 
     /// The commit time (µs since the Unix epoch) of each of `xids` that has one, in one query.
@@ -171,5 +223,17 @@ mod tests {
         // A transaction without a commit time (committed before the setting was on).
         let got = join(subs, 2, &HashMap::from([(11, 1_000)]), 2);
         assert_eq!((got.samples.len(), got.left_out, got.unknown_transactions), (3, 2, 1));
+    }
+
+    #[test]
+    fn wal_flushes_are_counted_over_the_case_and_timed_only_when_both_readings_are() {
+        let before = WalFlushes { count: 100, millis: Some(20.0) };
+        let after = WalFlushes { count: 500, millis: Some(260.0) };
+        let case = after.since(&before);
+        assert_eq!(case, WalFlushes { count: 400, millis: Some(240.0) });
+        assert!(case.describe().contains("400 times during the case, 0.600 ms each on average"), "{}", case.describe());
+        let untimed = WalFlushes { count: 500, millis: None }.since(&before);
+        assert_eq!(untimed.millis, None);
+        assert!(untimed.describe().ends_with("(not timed: track_wal_io_timing is off)"), "{}", untimed.describe());
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::args::BenchDeliveryArgs;
 
 use super::client::{ClientBenchError, Connection, SseStream, Target, wall_micros};
-use super::commit_times::{CommitClock, Receipts, distinct_xids, join};
+use super::commit_times::{CommitClock, Receipts, WalFlushes, distinct_xids, join};
 use super::event_frame::{read_event, xid_of_position};
 use super::metrics::Scrape;
 use super::report::{CommitMeasure, DeliveryReport, PublishResult, SubscriberResult, print_delivery};
@@ -161,6 +161,7 @@ async fn run_case(
         eprintln!("bench: {} streams open in {open_secs:.1} s; publishing", case.subscribers);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = Scrape::fetch(target).await;
+        let wal_before = wal_flushes(clock).await;
         let meter = CpuMeter::start();
         let published = publish(target, &shared, plan.publishers, case.rate).await?;
         let drain_until = Instant::now() + plan.drain;
@@ -172,7 +173,11 @@ async fn run_case(
             (Some(before), Some(after)) => Some(after.lag_since(&before)),
             _ => None,
         };
-        Ok::<_, ClientBenchError>((open_secs, published, cores, lag))
+        let wal = match (wal_before, wal_flushes(clock).await) {
+            (Some(before), Some(after)) => Some(after.since(&before)),
+            _ => None,
+        };
+        Ok::<_, ClientBenchError>((open_secs, published, cores, lag, wal))
     }
     .await;
     shared.stop.cancel();
@@ -187,7 +192,7 @@ async fn run_case(
             }
         }
     }
-    let (open_secs, published, client_cores, lag) = result?;
+    let (open_secs, published, client_cores, lag, wal) = result?;
     if let Some(err) = first_error {
         return Err(err);
     }
@@ -202,7 +207,20 @@ async fn run_case(
     let mut report = DeliveryReport::new(measured_from, case, open_secs, published, results, client_cores);
     report.server_lag = lag;
     report.commit = commit;
+    report.wal = wal;
     Ok(report)
+}
+
+/// PostgreSQL's WAL flushes so far, when `--commit-times-url` gave a connection; a failure is
+/// said on stderr and leaves the figure out.
+async fn wal_flushes(clock: Option<&CommitClock>) -> Option<WalFlushes> {
+    match clock?.wal_flushes().await {
+        Ok(flushes) => Some(flushes),
+        Err(e) => {
+            eprintln!("bench: WAL flushes are not counted: {e}");
+            None
+        }
+    }
 }
 
 /// Looks up the commit time of every transaction the subscribers received (timed events only) and

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::commit_times::CommitLatency;
+use super::commit_times::{CommitLatency, WalFlushes};
 use super::delivery::Case;
 use super::metrics::LagHistogram;
 use super::stats::{Samples, Seen, format_ms};
@@ -125,6 +125,8 @@ pub(super) struct DeliveryReport {
     pub(super) server_lag: Option<LagHistogram>,
     /// Commit → client, from PostgreSQL's commit timestamps.
     pub(super) commit: CommitMeasure,
+    /// PostgreSQL's WAL flushes while publishing and draining (with `--commit-times-url`).
+    pub(super) wal: Option<WalFlushes>,
 }
 
 impl DeliveryReport {
@@ -154,6 +156,7 @@ impl DeliveryReport {
             client_cores,
             server_lag: None,
             commit: CommitMeasure::NotAsked,
+            wal: None,
         };
         let mut last = report.publish.first_sent;
         for r in results {
@@ -275,6 +278,9 @@ pub(super) fn print_delivery(url: &str, seconds: f64, warmup: f64, reports: &mut
         }
         if let Some(line) = r.commit.describe() {
             println!("{} × {}/s: {line}", r.case.subscribers, r.case.rate);
+        }
+        if let Some(wal) = &r.wal {
+            println!("{} × {}/s: {}.", r.case.subscribers, r.case.rate, wal.describe());
         }
     }
     for r in reports.iter() {
