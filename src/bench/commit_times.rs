@@ -40,7 +40,8 @@ pub struct CommitLatency {
     pub left_out: u64,
 }
 
-/// PostgreSQL's WAL flushes (`fdatasync` and the like, from every process) up to some moment.
+/// PostgreSQL's WAL flushes (`fdatasync` and the like, or the synchronous writes of an `open_*`
+/// `wal_sync_method`, from every process) up to some moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WalFlushes {
     /// Flushes so far.
@@ -114,11 +115,15 @@ impl CommitClock {
 
     /// The WAL flushes so far, timed if `track_wal_io_timing` is on.
     pub async fn wal_flushes(&self) -> Result<WalFlushes, ClientBenchError> {
+        // With an `open_*` sync method the flush happens inside each WAL write (O_DSYNC), and
+        // pg_stat_wal counts it there.
         let row = self
             .client
             .query_one(
-                "SELECT wal_sync, CASE WHEN current_setting('track_wal_io_timing') = 'on' THEN wal_sync_time END \
-                 FROM pg_stat_wal",
+                "SELECT CASE WHEN open THEN wal_write ELSE wal_sync END, \
+                        CASE WHEN current_setting('track_wal_io_timing') = 'on' \
+                             THEN CASE WHEN open THEN wal_write_time ELSE wal_sync_time END END \
+                 FROM pg_stat_wal, (SELECT current_setting('wal_sync_method') LIKE 'open%' AS open) AS m",
                 &[],
             )
             .await
