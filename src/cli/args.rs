@@ -365,7 +365,8 @@ pub struct BenchDeliveryArgs {
     pub token: Option<String>,
     /// Measure commit→client: a connection string (libpq key=value or postgres:// URL) to the
     /// server's PostgreSQL, whose `track_commit_timestamp` must be on (it needs a restart). After
-    /// each case the commit time of every transaction received is looked up there. For the
+    /// each case the commit time of every transaction received is looked up there, and the WAL
+    /// flushes during the case are counted (and timed, with `track_wal_io_timing = on`). For the
     /// embedded cluster: `host=<data dir>/postgres user=postgres dbname=postgres` (the socket
     /// directory is line 5 of `<data dir>/postgres/data/postmaster.pid`). Separate from
     /// DATABASE_URL on purpose: the measurement is asked for, never implied.
