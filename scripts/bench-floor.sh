@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fan-out floor of this machine (issue 3's latency target), beside FlightDeck itself.
 #
-#   scripts/bench-floor.sh             # about 2 minutes; Markdown on stdout, progress on stderr
+#   scripts/bench-floor.sh             # about 4 minutes; Markdown on stdout, progress on stderr
 #
 # `flightdeck bench floor` writes a ready-made frame 1,000 times a second to 100 loopback TCP
 # connections from a separate process (one task per connection, as the SSE streams) and reads
@@ -11,8 +11,12 @@
 #   beside   the floor while `flightdeck bench delivery` POSTs 1,000 events/s, one per request, to
 #            a `flightdeck serve` (embedded PostgreSQL) with one SSE subscriber: the appends the
 #            latency target is about, without their fan-out to 100 streams;
-# then once the real case, `bench delivery` with 100 SSE subscribers at 1,000 events/s
-# (commit→client from PostgreSQL's commit timestamps, as scripts/bench-delivery.sh).
+#   insert   each frame waits for an autocommit INSERT of its own into that server's PostgreSQL
+#            (`--database`): commit→client for a "server" that only appends and fans out;
+#   ingest   each frame's event is POSTed to the server (`--ingest-url`) and the frame goes out on
+#            the 201: FlightDeck's ingestion followed by a fan-out that costs nothing extra;
+#   FlightDeck  `bench delivery` with 100 SSE subscribers at 1,000 events/s.
+# commit→client comes from PostgreSQL's commit timestamps, as in scripts/bench-delivery.sh.
 #
 # Environment: BENCH_ROUNDS (default 3), BENCH_SECONDS (timed seconds per floor run, default 8),
 # BENCH_PORT (default 18090), FLIGHTDECK_BIN (default target/release/flightdeck, built if missing or
@@ -67,6 +71,13 @@ for round in $(seq "$ROUNDS"); do
     floor beside --no-header
     wait "$LOAD_PID"
     LOAD_PID=""
+    echo "== round $round: behind an INSERT each" >&2
+    floor insert --no-header --database "$COMMIT_TIMES"
+    echo "== round $round: behind FlightDeck's ingestion" >&2
+    floor ingest --no-header --database "$COMMIT_TIMES" --ingest-url "$URL"
+    echo "== round $round: FlightDeck, 100 SSE subscribers × 1,000 events/s" >&2
+    "$BIN" bench delivery --url "$URL" --subscribers 100 --rate 1000 --seconds "$SECS" --warmup 1 \
+        --commit-times-url "$COMMIT_TIMES" >"$WORK/flightdeck-$round.md" 2>/dev/null
 done
 echo
 echo "### The load beside it: \`bench delivery\`, 1 subscriber × 1,000 events/s, $((SECS + 4)) s timed"
@@ -74,8 +85,7 @@ echo
 grep -m 2 -E '^\|' "$WORK/load-1.md"
 cat "$WORK"/load-*.md | grep -E '^\| [0-9]'
 echo
-echo "== FlightDeck, 100 SSE subscribers × 1,000 events/s" >&2
-echo "### FlightDeck: \`bench delivery\`, 100 SSE subscribers × 1,000 events/s, $SECS s timed"
+echo "### FlightDeck: \`bench delivery\`, 100 SSE subscribers × 1,000 events/s, $SECS s timed, one run per round"
 echo
-"$BIN" bench delivery --url "$URL" --subscribers 100 --rate 1000 --seconds "$SECS" --warmup 1 \
-    --commit-times-url "$COMMIT_TIMES" 2>/dev/null | grep -E '^\|'
+grep -m 2 -E '^\|' "$WORK/flightdeck-1.md"
+cat "$WORK"/flightdeck-*.md | grep -E '^\| [0-9]'

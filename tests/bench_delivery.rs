@@ -1,7 +1,7 @@
 //! `flightdeck bench delivery --commit-times-url` with the real binary: a server whose embedded
 //! PostgreSQL runs with `track_commit_timestamp = on`, a tiny case, and a commit→client figure and
 //! timed WAL flushes in the report; and `flightdeck bench floor` (the same fan-out without a
-//! server) on a tiny case.
+//! server) on a tiny case, alone, behind an INSERT per frame, and behind FlightDeck's ingestion.
 //! Timings are not asserted, only that the figures are there and plausible.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -82,10 +82,48 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
     // Its WAL flushes are still counted (the shared cluster's, other tests' included), untimed.
     assert!(wal_flushes(&report).is_some(), "{report}");
     assert!(report.contains("(not timed: track_wal_io_timing is off)"), "{report}");
+
+    // The floor behind a real INSERT per frame, then behind a POST to this server per frame:
+    // every frame arrives, and each carries an xid with a commit timestamp (else the run fails).
+    let floor = |label: &str, extra: &[&str]| {
+        let mut cmd = flightdeck();
+        cmd.args(["bench", "floor", "--subscribers", "3", "--rate", "100", "--seconds", "0.5"])
+            .args(["--warmup", "0.2", "--label", label, "--database", &conninfo])
+            .args(extra);
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    for (label, extra) in [("db", vec![]), ("http", vec!["--ingest-url", &url])] {
+        let report = floor(label, &extra);
+        let (received, missing, send) = floor_row(&report, label).unwrap_or_else(|| panic!("no row:\n{report}"));
+        assert_eq!((received, missing), (210, 0), "{report}");
+        let commit = floor_commit_p50(&report, label).unwrap_or_else(|| panic!("no commit→client:\n{report}"));
+        // Sent, then committed, then received.
+        assert!(commit > -1.0 && commit <= send + 1.0, "commit→client {commit} ms, send→client {send}:\n{report}");
+    }
+    // The shared cluster has no commit timestamps: refused before anything runs, with the reason.
+    let out = run(flightdeck().args(["bench", "floor", "--subscribers", "1", "--database", &db.url()]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--database: the server's PostgreSQL has track_commit_timestamp = off"),
+        "{}",
+        stderr(&out)
+    );
+    // --ingest-url needs --database (for the commit timestamps).
+    let out = run(flightdeck().args(["bench", "floor", "--ingest-url", &url]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--database"), "{}", stderr(&out));
     drop(server);
 }
 
-/// The p50 of `bench floor`'s row for `label`, with its frames received and missing.
+/// The commit→client p50 of `bench floor`'s row for `label` (`None` for "–").
+fn floor_commit_p50(report: &str, label: &str) -> Option<f64> {
+    let row = report.lines().find(|l| l.starts_with(&format!("| {label} |")))?;
+    row.split('|').nth(7)?.split('/').next()?.trim().parse().ok()
+}
+
+/// The send→client p50 of `bench floor`'s row for `label`, with its frames received and missing.
 fn floor_row(report: &str, label: &str) -> Option<(u64, u64, f64)> {
     let row = report.lines().find(|l| l.starts_with(&format!("| {label} |")))?;
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -111,6 +149,9 @@ fn the_fan_out_floor_delivers_every_frame_to_every_connection_and_times_them() {
     assert_eq!((received, missing), (450, 0), "{report}");
     // A send time after the receipt would mean the frames were not read back as written.
     assert!(p50 >= 0.0, "{report}");
+    // No database: no commit→client.
+    assert_eq!(floor_commit_p50(&report, "tiny"), None, "{report}");
+    assert!(report.contains("| – |"), "{report}");
 
     // --no-header prints the row alone; bad arguments are refused with a reason.
     let out = run(flightdeck()

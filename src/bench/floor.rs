@@ -11,6 +11,12 @@
 //! a socket write comes on top of this figure, so when the floor itself misses a latency target
 //! (for instance while the machine also carries the 1,000 appends a second the target is about;
 //! `scripts/bench-floor.sh` runs it beside that load), no server design reaches the target here.
+//!
+//! Two steps put back what the target is measured with (`floor_db.rs`): with `--database` each
+//! frame first waits for an INSERT of its own into PostgreSQL, and the reader measures
+//! commit→client as `bench delivery` does (the least any server must do per event); with
+//! `--ingest-url` as well, each frame's event is POSTed to a FlightDeck server instead, and the
+//! frame goes out on the `201` (FlightDeck's ingestion, then a fan-out that costs nothing extra).
 
 use std::time::Duration;
 
@@ -22,6 +28,8 @@ use tokio::process::Command;
 use tokio::sync::broadcast;
 
 use super::client::{ClientBenchError, wall_micros};
+use super::commit_times::CommitClock;
+use super::floor_db::Appender;
 use super::stats::{Samples, process_cpu_seconds};
 
 /// `flightdeck bench floor`.
@@ -48,6 +56,16 @@ pub struct BenchFloorArgs {
     /// Print the row only, without the table's header.
     #[arg(long)]
     pub no_header: bool,
+    /// A PostgreSQL to append to before each frame goes out (libpq key=value or a URL; it needs
+    /// `track_commit_timestamp = on`): every frame then waits for an autocommit INSERT of its own,
+    /// and commit→client is measured too. The least any server must do per event, on this
+    /// machine (see `floor_db.rs`).
+    #[arg(long, value_name = "CONNINFO")]
+    pub database: Option<String>,
+    /// A FlightDeck server to append each frame's event to, over HTTP, before the frame goes out
+    /// (with `--database` naming its PostgreSQL, for the commit timestamps).
+    #[arg(long, value_name = "URL", requires = "database")]
+    pub ingest_url: Option<String>,
 }
 
 /// `flightdeck bench floor-writer`: the writing half, started by `bench floor`.
@@ -65,6 +83,12 @@ pub struct BenchFloorWriterArgs {
     /// Bytes per frame.
     #[arg(long)]
     pub frame_bytes: usize,
+    /// Append to this PostgreSQL before each frame (`bench floor --database`).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// POST each frame's event to this FlightDeck server first (`bench floor --ingest-url`).
+    #[arg(long)]
+    pub ingest_url: Option<String>,
 }
 
 /// Frames a connection may fall behind before the writer gives up on it (counted as missing).
@@ -72,9 +96,10 @@ const QUEUE: usize = 4096;
 /// How long the writer waits for all its connections.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One frame: `id: <seq>` and `data: {"t":<send time, µs>,"p":"xx…"}`, padded to `bytes`.
-pub fn frame(seq: u64, sent_micros: i64, bytes: usize) -> Vec<u8> {
-    let head = format!("id: {seq}\ndata: {{\"t\":{sent_micros},\"p\":\"");
+/// One frame: `id: <seq>` and `data: {"t":<send time, µs>,"x":<xid or 0>,"p":"xx…"}`, padded to
+/// `bytes`.
+pub fn frame(seq: u64, sent_micros: i64, xid: u64, bytes: usize) -> Vec<u8> {
+    let head = format!("id: {seq}\ndata: {{\"t\":{sent_micros},\"x\":{xid},\"p\":\"");
     let pad = bytes.saturating_sub(head.len() + 4);
     let mut out = Vec::with_capacity(head.len() + pad + 4);
     out.extend_from_slice(head.as_bytes());
@@ -83,12 +108,14 @@ pub fn frame(seq: u64, sent_micros: i64, bytes: usize) -> Vec<u8> {
     out
 }
 
-/// Parses a frame written by [`frame`] (without its blank line): its sequence number and send time.
-pub fn parse_frame(frame: &[u8]) -> Option<(u64, i64)> {
+/// Parses a frame written by [`frame`] (without its blank line): its sequence number, send time
+/// and xid.
+pub fn parse_frame(frame: &[u8]) -> Option<(u64, i64, u64)> {
     let text = std::str::from_utf8(frame).ok()?;
     let (id, data) = text.strip_prefix("id: ")?.split_once("\ndata: {\"t\":")?;
-    let sent = data.split_once(',')?.0;
-    Some((id.parse().ok()?, sent.parse().ok()?))
+    let (sent, rest) = data.split_once(",\"x\":")?;
+    let xid = rest.split_once(',')?.0;
+    Some((id.parse().ok()?, sent.parse().ok()?, xid.parse().ok()?))
 }
 
 /// The writer: binds a loopback port, prints `listening <addr>`, accepts the connections, writes
@@ -125,16 +152,39 @@ pub async fn write(args: &BenchFloorWriterArgs) -> Result<(), ClientBenchError> 
     tokio::time::timeout(ACCEPT_TIMEOUT, accept_all)
         .await
         .map_err(|_| ClientBenchError::Failed("the reader did not connect in time".into()))??;
+    produce(args, sender.clone()).await?;
+    drop(sender);
+    while connections.join_next().await.is_some() {}
+    println!("sent {} cpu {:.3}", args.frames, process_cpu_seconds().unwrap_or(f64::NAN));
+    Ok(())
+}
+
+/// Hands `args.frames` frames to the connections at `args.rate`: at once, after an INSERT each
+/// (`--database`), or after a POST to FlightDeck each (`--ingest-url`).
+async fn produce(
+    args: &BenchFloorWriterArgs,
+    sender: broadcast::Sender<std::sync::Arc<Vec<u8>>>,
+) -> Result<(), ClientBenchError> {
+    if let Some(url) = &args.ingest_url {
+        return super::floor_db::ingest(url, sender, args.rate, args.frames, args.frame_bytes).await;
+    }
+    let mut appender = match &args.database {
+        Some(conninfo) => Some(Appender::connect(conninfo, sender.clone(), args.frame_bytes).await?),
+        None => None,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for seq in 0..args.frames {
         tick.tick().await;
-        // No receiver left only if every connection failed; the reader reports what is missing.
-        let _ = sender.send(std::sync::Arc::new(frame(seq, wall_micros(), args.frame_bytes)));
+        match &mut appender {
+            Some(appender) => appender.append(seq, wall_micros()),
+            // No receiver left only if every connection failed; the reader reports what is missing.
+            None => drop(sender.send(std::sync::Arc::new(frame(seq, wall_micros(), 0, args.frame_bytes)))),
+        }
     }
-    drop(sender);
-    while connections.join_next().await.is_some() {}
-    println!("sent {} cpu {:.3}", args.frames, process_cpu_seconds().unwrap_or(f64::NAN));
+    if let Some(appender) = appender {
+        appender.finish().await?;
+    }
     Ok(())
 }
 
@@ -142,14 +192,16 @@ pub async fn write(args: &BenchFloorWriterArgs) -> Result<(), ClientBenchError> 
 struct Received {
     frames: u64,
     samples: Samples,
+    /// Each timed frame's xid and receipt time (µs), with `--database`.
+    commits: Vec<(u64, i64)>,
 }
 
-async fn read_connection(addr: String, timed_from: u64) -> Result<Received, ClientBenchError> {
+async fn read_connection(addr: String, timed_from: u64, xids: bool) -> Result<Received, ClientBenchError> {
     let mut socket = TcpStream::connect(&addr).await.map_err(|source| ClientBenchError::Connect { addr, source })?;
     socket.set_nodelay(true)?;
     let finder = memmem::Finder::new(b"\n\n");
     let mut buffer = Vec::with_capacity(64 * 1024);
-    let mut received = Received { frames: 0, samples: Samples::with_capacity(16 * 1024) };
+    let mut received = Received { frames: 0, samples: Samples::with_capacity(16 * 1024), commits: Vec::new() };
     loop {
         if buffer.capacity() - buffer.len() < 16 * 1024 {
             buffer.reserve(64 * 1024);
@@ -160,11 +212,14 @@ async fn read_connection(addr: String, timed_from: u64) -> Result<Received, Clie
         let at = wall_micros();
         let mut start = 0;
         while let Some(end) = finder.find(&buffer[start..]) {
-            let (seq, sent) = parse_frame(&buffer[start..start + end])
+            let (seq, sent, xid) = parse_frame(&buffer[start..start + end])
                 .ok_or_else(|| ClientBenchError::Failed("the writer sent a frame this reader cannot parse".into()))?;
             received.frames += 1;
             if seq >= timed_from {
                 received.samples.push(at - sent);
+                if xids {
+                    received.commits.push((xid, at));
+                }
             }
             start += end + 2;
         }
@@ -194,6 +249,8 @@ pub async fn run(args: &BenchFloorArgs) -> Result<(), ClientBenchError> {
         .args(["bench", "floor-writer", "--subscribers", &args.subscribers.to_string()])
         .args(["--rate", &args.rate.to_string(), "--frames", &frames.to_string()])
         .args(["--frame-bytes", &args.frame_bytes.to_string()])
+        .args(args.ingest_url.iter().flat_map(|url| ["--ingest-url", url]))
+        .args(args.database.iter().filter(|_| args.ingest_url.is_none()).flat_map(|conninfo| ["--database", conninfo]))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -204,11 +261,24 @@ pub async fn run(args: &BenchFloorArgs) -> Result<(), ClientBenchError> {
         .strip_prefix("listening ")
         .ok_or_else(|| ClientBenchError::Failed(format!("the writer did not start: {first:?}")))?
         .to_string();
+    // Checked before the run, so a cluster without commit timestamps fails at once.
+    let clock = match &args.database {
+        Some(conninfo) => {
+            let clock = CommitClock::connect(conninfo).await?;
+            if let Some(why) = clock.unavailable().await? {
+                return Err(ClientBenchError::Usage(format!("--database: {why}")));
+            }
+            Some(clock)
+        }
+        None => None,
+    };
     let cpu_before = process_cpu_seconds();
+    let xids = clock.is_some();
     let readers: Vec<_> =
-        (0..args.subscribers).map(|_| tokio::spawn(read_connection(addr.clone(), timed_from))).collect();
+        (0..args.subscribers).map(|_| tokio::spawn(read_connection(addr.clone(), timed_from, xids))).collect();
     let mut samples = Samples::with_capacity((args.subscribers * (frames - timed_from) as usize).min(1 << 24));
     let mut received = 0;
+    let mut commits = Vec::new();
     let limit = Duration::from_secs_f64(args.warmup + args.seconds + 60.0);
     for reader in readers {
         let one = tokio::time::timeout(limit, reader)
@@ -217,6 +287,7 @@ pub async fn run(args: &BenchFloorArgs) -> Result<(), ClientBenchError> {
             .map_err(|e| ClientBenchError::Failed(format!("a reader failed: {e}")))??;
         received += one.frames;
         samples.merge(one.samples);
+        commits.extend(one.commits);
     }
     let reader_cpu = process_cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
     let last = lines.next_line().await?.unwrap_or_default();
@@ -229,11 +300,15 @@ pub async fn run(args: &BenchFloorArgs) -> Result<(), ClientBenchError> {
     let span = args.warmup + args.seconds;
     let cores = |cpu: Option<f64>| cpu.map_or("?".into(), |c| format!("{:.2}", c / span));
     let [p50, p90, p99, max] = samples.summary_ms();
+    let commit = match &clock {
+        Some(clock) => commit_to_client(clock, &commits).await?,
+        None => "–".into(),
+    };
     if !args.no_header {
         println!("{HEADER}");
     }
     println!(
-        "| {} | {} | {} | {} | {} | {p50} / {p90} / {p99} / {max} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {p50} / {p90} / {p99} / {max} | {commit} | {} | {} |",
         args.label.as_deref().unwrap_or("floor"),
         args.subscribers,
         args.rate,
@@ -245,8 +320,26 @@ pub async fn run(args: &BenchFloorArgs) -> Result<(), ClientBenchError> {
     Ok(())
 }
 
+/// Commit→client p50 / p90 / p99 / max (ms) of `commits` (xid, receipt time), from the commit
+/// timestamps of their transactions.
+async fn commit_to_client(clock: &CommitClock, commits: &[(u64, i64)]) -> Result<String, ClientBenchError> {
+    let mut xids: Vec<u64> = commits.iter().map(|&(xid, _)| xid).collect();
+    xids.sort_unstable();
+    xids.dedup();
+    let times = clock.commit_times(&xids).await?;
+    let mut samples = Samples::with_capacity(commits.len());
+    for (xid, at) in commits {
+        let committed = times.get(xid).ok_or_else(|| {
+            ClientBenchError::Failed(format!("transaction {xid} has no commit timestamp (was the cluster restarted?)"))
+        })?;
+        samples.push(at - committed);
+    }
+    let [p50, p90, p99, max] = samples.summary_ms();
+    Ok(format!("{p50} / {p90} / {p99} / {max}"))
+}
+
 /// The header of [`run`]'s row.
-pub const HEADER: &str = "| run | connections | frames/s each | frames received | missing | send→client p50 / p90 / p99 / max ms | writer cores | reader cores |\n|---|---:|---:|---:|---:|---|---:|---:|";
+pub const HEADER: &str = "| run | connections | frames/s each | frames received | missing | send→client p50 / p90 / p99 / max ms | commit→client p50 / p90 / p99 / max ms | writer cores | reader cores |\n|---|---:|---:|---:|---:|---|---|---:|---:|";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -256,14 +349,15 @@ mod tests {
     #[test]
     fn a_frame_has_the_asked_size_and_parses_back() {
         for bytes in [0, 40, 280, 4096] {
-            let f = frame(123_456, 1_764_000_000_123_456, bytes);
+            let f = frame(123_456, 1_764_000_000_123_456, 987_654, bytes);
             if bytes >= 60 {
                 assert_eq!(f.len(), bytes);
             }
             assert!(f.ends_with(b"\"}\n\n"));
-            assert_eq!(parse_frame(&f[..f.len() - 2]), Some((123_456, 1_764_000_000_123_456)));
+            assert_eq!(parse_frame(&f[..f.len() - 2]), Some((123_456, 1_764_000_000_123_456, 987_654)));
         }
         assert_eq!(parse_frame(b"data: {}"), None);
-        assert_eq!(parse_frame(b"id: x\ndata: {\"t\":1,\"p\":\"\"}"), None);
+        assert_eq!(parse_frame(b"id: x\ndata: {\"t\":1,\"x\":0,\"p\":\"\"}"), None);
+        assert_eq!(parse_frame(b"id: 1\ndata: {\"t\":1,\"p\":\"\"}"), None);
     }
 }

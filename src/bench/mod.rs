@@ -10,6 +10,7 @@ pub mod commit_times;
 pub mod delivery;
 pub mod event_frame;
 pub mod floor;
+pub mod floor_db;
 pub mod ingest;
 pub mod metrics;
 mod report;
