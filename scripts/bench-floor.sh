@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fan-out floor of this machine (issue 3's latency target), beside FlightDeck itself.
 #
-#   scripts/bench-floor.sh             # about 4 minutes; Markdown on stdout, progress on stderr
+#   scripts/bench-floor.sh             # about 5 minutes; Markdown on stdout, progress on stderr
 #
 # `flightdeck bench floor` writes a ready-made frame 1,000 times a second to 100 loopback TCP
 # connections from a separate process (one task per connection, as the SSE streams) and reads
@@ -13,6 +13,9 @@
 #            latency target is about, without their fan-out to 100 streams;
 #   insert   each frame waits for an autocommit INSERT of its own into that server's PostgreSQL
 #            (`--database`): commit→client for a "server" that only appends and fans out;
+#   minimal  each frame's event is POSTed to a minimal HTTP server inside the floor's writer
+#            (`--minimal-http`: parse the JSON, INSERT, write the frame, answer 201): what any
+#            server that takes events over HTTP must do per event, on this machine;
 #   ingest   each frame's event is POSTed to the server (`--ingest-url`) and the frame goes out on
 #            the 201: FlightDeck's ingestion followed by a fan-out that costs nothing extra;
 #   FlightDeck  `bench delivery` with 100 SSE subscribers at 1,000 events/s.
@@ -73,6 +76,8 @@ for round in $(seq "$ROUNDS"); do
     LOAD_PID=""
     echo "== round $round: behind an INSERT each" >&2
     floor insert --no-header --database "$COMMIT_TIMES"
+    echo "== round $round: behind a minimal HTTP server" >&2
+    floor minimal --no-header --database "$COMMIT_TIMES" --minimal-http
     echo "== round $round: behind FlightDeck's ingestion" >&2
     floor ingest --no-header --database "$COMMIT_TIMES" --ingest-url "$URL"
     echo "== round $round: FlightDeck, 100 SSE subscribers × 1,000 events/s" >&2

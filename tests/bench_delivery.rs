@@ -83,8 +83,9 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
     assert!(wal_flushes(&report).is_some(), "{report}");
     assert!(report.contains("(not timed: track_wal_io_timing is off)"), "{report}");
 
-    // The floor behind a real INSERT per frame, then behind a POST to this server per frame:
-    // every frame arrives, and each carries an xid with a commit timestamp (else the run fails).
+    // The floor behind a real INSERT per frame, behind a POST to a minimal server of the floor's
+    // own, and behind a POST to this server: every frame arrives, and each carries an xid with a
+    // commit timestamp (else the run fails).
     let floor = |label: &str, extra: &[&str]| {
         let mut cmd = flightdeck();
         cmd.args(["bench", "floor", "--subscribers", "3", "--rate", "100", "--seconds", "0.5"])
@@ -94,7 +95,7 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out)
     };
-    for (label, extra) in [("db", vec![]), ("http", vec!["--ingest-url", &url])] {
+    for (label, extra) in [("db", vec![]), ("minimal", vec!["--minimal-http"]), ("http", vec!["--ingest-url", &url])] {
         let report = floor(label, &extra);
         let (received, missing, send) = floor_row(&report, label).unwrap_or_else(|| panic!("no row:\n{report}"));
         assert_eq!((received, missing), (210, 0), "{report}");
@@ -110,10 +111,17 @@ async fn commit_to_client_is_reported_with_commit_timestamps_on() {
         "{}",
         stderr(&out)
     );
-    // --ingest-url needs --database (for the commit timestamps).
-    let out = run(flightdeck().args(["bench", "floor", "--ingest-url", &url]));
+    // --ingest-url and --minimal-http need --database (for the commit timestamps), and exclude
+    // each other.
+    for bad in [vec!["--ingest-url", &url], vec!["--minimal-http"]] {
+        let out = run(flightdeck().args(["bench", "floor"]).args(&bad));
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("--database"), "{}", stderr(&out));
+    }
+    let out =
+        run(flightdeck().args(["bench", "floor", "--database", &conninfo, "--minimal-http", "--ingest-url", &url]));
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--database"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot be used with"), "{}", stderr(&out));
     drop(server);
 }
 

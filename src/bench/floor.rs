@@ -29,7 +29,8 @@ use tokio::sync::broadcast;
 
 use super::client::{ClientBenchError, wall_micros};
 use super::commit_times::CommitClock;
-use super::floor_db::Appender;
+use super::floor_db::{Appender, Backends};
+use super::floor_http;
 use super::stats::{Samples, process_cpu_seconds};
 
 /// `flightdeck bench floor`.
@@ -66,6 +67,10 @@ pub struct BenchFloorArgs {
     /// (with `--database` naming its PostgreSQL, for the commit timestamps).
     #[arg(long, value_name = "URL", requires = "database")]
     pub ingest_url: Option<String>,
+    /// POST each frame's event over HTTP to a minimal server in the writer, which INSERTs it into
+    /// `--database` and then writes the frame (see `floor_http.rs`).
+    #[arg(long, requires = "database", conflicts_with = "ingest_url")]
+    pub minimal_http: bool,
 }
 
 /// `flightdeck bench floor-writer`: the writing half, started by `bench floor`.
@@ -89,6 +94,9 @@ pub struct BenchFloorWriterArgs {
     /// POST each frame's event to this FlightDeck server first (`bench floor --ingest-url`).
     #[arg(long)]
     pub ingest_url: Option<String>,
+    /// Serve a minimal ingestion endpoint (`bench floor --minimal-http`); prints `ingest <addr>`.
+    #[arg(long, requires = "database")]
+    pub minimal_http: bool,
 }
 
 /// Frames a connection may fall behind before the writer gives up on it (counted as missing).
@@ -166,7 +174,15 @@ async fn produce(
     sender: broadcast::Sender<std::sync::Arc<Vec<u8>>>,
 ) -> Result<(), ClientBenchError> {
     if let Some(url) = &args.ingest_url {
-        return super::floor_db::ingest(url, sender, args.rate, args.frames, args.frame_bytes).await;
+        return floor_http::ingest(url, sender, args.rate, args.frames, args.frame_bytes).await;
+    }
+    if let (true, Some(conninfo)) = (args.minimal_http, &args.database) {
+        let (backends, drivers) = Backends::connect(conninfo).await?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        println!("ingest {}", listener.local_addr()?);
+        floor_http::serve(listener, backends, sender, args.frames, args.frame_bytes).await?;
+        drivers.closed().await;
+        return Ok(());
     }
     let mut appender = match &args.database {
         Some(conninfo) => Some(Appender::connect(conninfo, sender.clone(), args.frame_bytes).await?),
@@ -250,6 +266,7 @@ pub async fn run(args: &BenchFloorArgs) -> Result<(), ClientBenchError> {
         .args(["--rate", &args.rate.to_string(), "--frames", &frames.to_string()])
         .args(["--frame-bytes", &args.frame_bytes.to_string()])
         .args(args.ingest_url.iter().flat_map(|url| ["--ingest-url", url]))
+        .args(args.minimal_http.then_some("--minimal-http"))
         .args(args.database.iter().filter(|_| args.ingest_url.is_none()).flat_map(|conninfo| ["--database", conninfo]))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -276,6 +293,13 @@ pub async fn run(args: &BenchFloorArgs) -> Result<(), ClientBenchError> {
     let xids = clock.is_some();
     let readers: Vec<_> =
         (0..args.subscribers).map(|_| tokio::spawn(read_connection(addr.clone(), timed_from, xids))).collect();
+    if args.minimal_http {
+        let line = lines.next_line().await?.unwrap_or_default();
+        let ingest = line
+            .strip_prefix("ingest ")
+            .ok_or_else(|| ClientBenchError::Failed(format!("the writer's server did not start: {line:?}")))?;
+        floor_http::publish(&format!("http://{ingest}"), args.rate, frames, floor_http::minimal_acked).await?;
+    }
     let mut samples = Samples::with_capacity((args.subscribers * (frames - timed_from) as usize).min(1 << 24));
     let mut received = 0;
     let mut commits = Vec::new();

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod event_frame;
 pub mod floor;
 pub mod floor_db;
+pub mod floor_http;
 pub mod ingest;
 pub mod metrics;
 mod report;
