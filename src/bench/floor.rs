@@ -12,11 +12,14 @@
 //! (for instance while the machine also carries the 1,000 appends a second the target is about;
 //! `scripts/bench-floor.sh` runs it beside that load), no server design reaches the target here.
 //!
-//! Two steps put back what the target is measured with (`floor_db.rs`): with `--database` each
-//! frame first waits for an INSERT of its own into PostgreSQL, and the reader measures
-//! commit→client as `bench delivery` does (the least any server must do per event); with
-//! `--ingest-url` as well, each frame's event is POSTed to a FlightDeck server instead, and the
-//! frame goes out on the `201` (FlightDeck's ingestion, then a fan-out that costs nothing extra).
+//! Three modes put back what the target is measured with, and the reader then measures
+//! commit→client as `bench delivery` does: with `--database` each frame first waits for an
+//! INSERT of its own into PostgreSQL (`floor_db.rs`: the least any server must do per event);
+//! with `--minimal-http` as well, each event is POSTed to a minimal server in the writer that
+//! INSERTs it and then writes the frame (`floor_http.rs`: the least a server that takes events
+//! over HTTP must do); with `--ingest-url` instead, each event is POSTed to a FlightDeck server
+//! and the frame goes out on the `201` (FlightDeck's ingestion, then a fan-out that costs
+//! nothing extra).
 
 use std::time::Duration;
 
@@ -168,7 +171,8 @@ pub async fn write(args: &BenchFloorWriterArgs) -> Result<(), ClientBenchError> 
 }
 
 /// Hands `args.frames` frames to the connections at `args.rate`: at once, after an INSERT each
-/// (`--database`), or after a POST to FlightDeck each (`--ingest-url`).
+/// (`--database`), after a POST to the writer's own minimal server each (`--minimal-http`, paced
+/// by the reader's POSTs), or after a POST to FlightDeck each (`--ingest-url`).
 async fn produce(
     args: &BenchFloorWriterArgs,
     sender: broadcast::Sender<std::sync::Arc<Vec<u8>>>,
