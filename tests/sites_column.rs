@@ -36,11 +36,11 @@ async fn the_column_defaults_to_default_and_follows_the_site_rule() {
     let db = common::test_db().await;
     let client = db.connect().await;
     let insert = "INSERT INTO flightdeck.events (id, stream_id, version, type, data) \
-                  VALUES (gen_random_uuid(), $1, 1, 'T', '{}')";
+                  VALUES (gen_random_uuid(), $1::text, 1, 'T', '{}')";
     client.execute(insert, &[&"plain"]).await.unwrap();
     assert_eq!(sites_of(&db, "plain").await, ["default"], "a row that names no site is `default`");
     let with_site = "INSERT INTO flightdeck.events (id, stream_id, version, type, data, site) \
-                     VALUES (gen_random_uuid(), $1, 1, 'T', '{}', $2)";
+                     VALUES (gen_random_uuid(), $1::text, 1, 'T', '{}', $2::text)";
     client.execute(with_site, &[&"ok", &"shop_2-B"]).await.unwrap();
     for bad in ["", "a b", "a:b", "ü", &"x".repeat(65)] {
         let err = client.execute(with_site, &[&"bad", &bad]).await.unwrap_err();

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "projections", include_str!("../../migrations/0003_projections.sql")),
     (4, "event_site", include_str!("../../migrations/0004_event_site.sql")),
     (5, "sites", include_str!("../../migrations/0005_sites.sql")),
+    (6, "domain_rules", include_str!("../../migrations/0006_domain_rules.sql")),
 ];
 
 /// Advisory lock key (class, object) held while migrating. The class differs from the stream locks'.

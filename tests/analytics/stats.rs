@@ -35,7 +35,8 @@ async fn ranges_are_whole_minutes_of_event_time() {
         client
             .execute(
                 "INSERT INTO flightdeck.events (id, stream_id, version, type, data, created_at) \
-                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5 FROM flightdeck.events WHERE stream_id = $2",
+                 SELECT $1, $2::text, coalesce(max(version), 0) + 1, $3::text, $4, $5 \
+                 FROM flightdeck.events WHERE stream_id = $2::text",
                 &[&uuid::Uuid::now_v7(), &stream, &kind, &data, &(base + TimeDelta::seconds(secs))],
             )
             .await
